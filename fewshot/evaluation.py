@@ -1,0 +1,58 @@
+"""Few-shot accuracy over many test tasks, with its 95 % confidence interval."""
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from . import maml
+from .tasks import TaskSampler
+
+TEST_SEED = 2_000_000_000  # test tasks are the same for every model, whatever its training seed
+
+
+@dataclass
+class Evaluation:
+    accuracy: float  # mean query accuracy over tasks
+    ci95: float  # half-width of the 95 % confidence interval of that mean
+    loss: float
+    tasks: int
+    inner_steps: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"accuracy {100 * self.accuracy:.2f} % +- {100 * self.ci95:.2f} % (95 % interval, "
+                f"{self.tasks} tasks, {self.inner_steps} inner steps)")
+
+
+def confidence_interval(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % normal-approximation interval: 1.96 * sample std / sqrt(n)."""
+    values = values.double()
+    if len(values) < 2:
+        return values.mean().item(), float("nan")
+    return values.mean().item(), 1.96 * values.std(unbiased=True).item() / math.sqrt(len(values))
+
+
+def adapted_task_metrics(model, sampler: TaskSampler, tasks: int, seed: int, inner_lr: float, steps: int,
+                         chunk: int = 100, on_progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query loss and accuracy of each of `tasks` tasks after `steps` inner steps: two tensors of [tasks]."""
+    losses, accuracies = [], []
+    parameter = next(model.parameters())
+    for start in range(0, tasks, chunk):
+        batch = sampler.sample(min(chunk, tasks - start), seed=seed + start).to(parameter.dtype, parameter.device)
+        with torch.no_grad():  # no meta-gradient; torch.func still takes the inner gradients
+            task_loss, task_accuracy = maml.task_losses(model, batch, inner_lr, steps, first_order=True)
+        losses.append(task_loss.cpu())
+        accuracies.append(task_accuracy.cpu())
+        if on_progress:
+            on_progress(min(start + chunk, tasks), tasks)
+    return torch.cat(losses), torch.cat(accuracies)
+
+
+def evaluate(model, sampler: TaskSampler, inner_lr: float, steps: int, tasks: int = 600,
+             seed: int = TEST_SEED, on_progress=None) -> Evaluation:
+    losses, accuracies = adapted_task_metrics(model, sampler, tasks, seed, inner_lr, steps, on_progress=on_progress)
+    accuracy, ci95 = confidence_interval(accuracies)
+    return Evaluation(accuracy, ci95, losses.mean().item(), tasks, steps)

@@ -1,0 +1,175 @@
+"""Meta-training runs: the one training function that the CLI and the app both use.
+
+A run lives in a directory:
+    config.json             the Config it was started with
+    metrics.jsonl           one JSON record per iteration, appended as training goes
+    checkpoint.safetensors  the model, with metadata (see checkpoints.py)
+    optimizer.safetensors   Adam's state, to resume exactly
+    evaluation.json         test accuracy with its 95 % interval, once training has finished
+Stopping (Ctrl-C, SIGTERM, or `should_stop()` returning True) ends the current iteration, saves, and
+returns; `resume=True` continues from the last checkpoint. The same seed gives the same curve on a CPU.
+"""
+
+import json
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import maml
+from .checkpoints import (checkpoint_metadata, load_checkpoint, load_training_state, save_checkpoint,
+                          save_training_state)
+from .config import Config
+from .evaluation import evaluate
+from .models import build_model
+from .omniglot import load_omniglot, split_characters
+from .tasks import TaskSampler
+
+CHECKPOINT, OPTIMIZER, METRICS, CONFIG, EVALUATION = (
+    "checkpoint.safetensors", "optimizer.safetensors", "metrics.jsonl", "config.json", "evaluation.json")
+
+
+def meta_backward_of(engine: str):
+    """The function that computes the meta-gradient: this library's, or the notebook's learn2learn loop."""
+    if engine == "learn2learn":
+        from . import notebook_loop  # imports learn2learn, and with it gym, only when asked for
+        return notebook_loop.meta_backward
+    return maml.meta_backward
+
+
+def task_seed(seed: int, iteration: int) -> int:
+    """The seed of iteration i's meta-batch: the task sequence depends on nothing but the run's seed."""
+    return seed * 1_000_000 + iteration
+
+
+def make_samplers(config: Config) -> dict:
+    data = load_omniglot(config.data_root)
+    return {name: TaskSampler(data.ink, characters, config.ways, config.shots, config.queries)
+            for name, characters in split_characters(data, config.split).items()}
+
+
+def initial_model(config: Config) -> torch.nn.Module:
+    torch.manual_seed(config.seed)
+    return build_model(config.backbone, config.ways, config.channels, config.blocks)
+
+
+def train(config: Config, run_dir: Path, resume: bool = False, should_stop=None, on_record=None,
+          progress: bool = True) -> list:
+    """Meta-trains `config` in `run_dir`; returns the metrics records written by this call."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    samplers = make_samplers(config)
+    model = initial_model(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
+    start, seconds = _restore(run_dir, model, optimizer) if resume else (0, 0.0)
+    if not resume:
+        (run_dir / METRICS).write_text("")
+    config.save(run_dir / CONFIG)
+    val_batch = samplers["val"].sample(config.val_tasks, seed=task_seed(config.seed, 0))
+    meta_backward = meta_backward_of(config.engine)
+
+    records, iteration = [], start
+    bar = tqdm(total=config.iterations, initial=start, desc=f"{config.algorithm} {config.ways}w{config.shots}s",
+               unit="it", disable=not progress)
+    with _stop_on_signals() as signalled, open(run_dir / METRICS, "a") as metrics:
+        while iteration < config.iterations and not (signalled.is_set() or (should_stop and should_stop())):
+            iteration += 1
+            tick = time.perf_counter()
+            batch = samplers["train"].sample(config.meta_batch, seed=task_seed(config.seed, iteration))
+            optimizer.zero_grad()
+            loss, accuracy = meta_backward(model, batch, config.inner_lr, config.inner_steps, config.first_order)
+            optimizer.step()
+            record = {"iteration": iteration, "train_loss": loss, "train_accuracy": accuracy}
+            if iteration % config.val_every == 0 or iteration == config.iterations:
+                record.update(validate(model, val_batch, config))
+            elapsed = time.perf_counter() - tick
+            seconds += elapsed
+            record.update(seconds=round(seconds, 4), tasks_per_second=round(config.meta_batch / elapsed, 2))
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            records.append(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}")
+            if on_record:
+                on_record(record)
+            if iteration % config.checkpoint_every == 0:
+                _save(run_dir, model, optimizer, config, iteration)
+    bar.close()
+    _save(run_dir, model, optimizer, config, iteration)
+    if iteration == config.iterations and config.test_tasks:
+        finish(run_dir, model, config, samplers["test"], progress)
+    return records
+
+
+def validate(model, val_batch, config: Config) -> dict:
+    """Mean query loss and accuracy on the fixed held-out tasks, adapted as in training."""
+    with torch.no_grad():
+        losses, accuracies = maml.task_losses(model, val_batch, config.inner_lr, config.inner_steps, True)
+    return {"val_loss": losses.mean().item(), "val_accuracy": accuracies.mean().item()}
+
+
+def finish(run_dir: Path, model, config: Config, test_sampler: TaskSampler, progress: bool = True) -> dict:
+    """Evaluates on the test split, writes evaluation.json and records the accuracy in the checkpoint."""
+    bar = tqdm(total=config.test_tasks, desc="test tasks", disable=not progress)
+    result = evaluate(model, test_sampler, config.inner_lr, config.test_inner_steps, config.test_tasks,
+                      on_progress=lambda done, total: bar.update(done - bar.n))
+    bar.close()
+    summary = {"split": f"{config.split}/test", "ways": config.ways, "shots": config.shots, **result.to_dict()}
+    (run_dir / EVALUATION).write_text(json.dumps(summary, indent=2) + "\n")
+    _, metadata = load_checkpoint(run_dir / CHECKPOINT)
+    metadata["accuracy"][f"{config.ways}w{config.shots}s"] = summary
+    save_checkpoint(run_dir / CHECKPOINT, model, metadata)
+    return summary
+
+
+def read_metrics(run_dir: Path) -> list:
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _save(run_dir: Path, model, optimizer, config: Config, iteration: int) -> None:
+    # Optimizer first: a checkpoint is only ever newer than or as new as the state that resumes it.
+    save_training_state(run_dir / OPTIMIZER, optimizer, iteration)
+    save_checkpoint(run_dir / CHECKPOINT, model, checkpoint_metadata(config, iteration))
+
+
+def _restore(run_dir: Path, model, optimizer) -> tuple[int, float]:
+    """Loads the last checkpoint; drops metrics recorded after it. Returns (iteration, seconds trained)."""
+    if not (run_dir / CHECKPOINT).exists():
+        return 0, 0.0
+    saved, metadata = load_checkpoint(run_dir / CHECKPOINT)
+    model.load_state_dict(saved.state_dict())
+    iteration = metadata["iterations"]
+    if load_training_state(run_dir / OPTIMIZER, optimizer) != iteration:
+        raise RuntimeError(f"{run_dir}: the optimizer state and the checkpoint are from different iterations")
+    kept = [r for r in read_metrics(run_dir) if r["iteration"] <= iteration]
+    (run_dir / METRICS).write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return iteration, kept[-1]["seconds"] if kept else 0.0
+
+
+@contextmanager
+def _stop_on_signals():
+    """An Event set by the first Ctrl-C or SIGTERM (a second Ctrl-C interrupts at once)."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event  # signals reach the main thread only; callers there pass should_stop instead
+        return
+
+    def request_stop(signum, frame):
+        if event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        event.set()
+        print("\nStopping after this iteration and saving the checkpoint ...", flush=True)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield event
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
