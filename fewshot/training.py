@@ -11,6 +11,7 @@ returns; `resume=True` continues from the last checkpoint. The same seed gives t
 """
 
 import json
+import resource
 import signal
 import threading
 import time
@@ -88,7 +89,8 @@ def train(config: Config, run_dir: Path, resume: bool = False, should_stop=None,
                 record.update(validate(model, val_batch, config))
             elapsed = time.perf_counter() - tick
             seconds += elapsed
-            record.update(seconds=round(seconds, 4), tasks_per_second=round(config.meta_batch / elapsed, 2))
+            record.update(seconds=round(seconds, 4), tasks_per_second=round(config.meta_batch / elapsed, 2),
+                          peak_memory_mb=peak_memory_mb())
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
             records.append(record)
@@ -124,6 +126,11 @@ def finish(run_dir: Path, model, config: Config, test_sampler: TaskSampler, prog
     metadata["accuracy"][f"{config.ways}w{config.shots}s"] = summary
     save_checkpoint(run_dir / CHECKPOINT, model, metadata)
     return summary
+
+
+def peak_memory_mb() -> float:
+    """This process' peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def read_metrics(run_dir: Path) -> list:

@@ -1,0 +1,53 @@
+import torch
+
+from fewshot.tasks import TaskSampler
+
+
+def distinct_images(characters=12):
+    """Each character's drawings are distinct and asymmetric, so rotations can be told apart."""
+    ink = torch.zeros(characters, 20, 28, 28)
+    for c in range(characters):
+        for d in range(20):
+            ink[c, d, c, d] = 1.0  # one pixel at (row c, column d): unique per drawing
+    return ink
+
+
+def test_shapes_and_labels():
+    batch = TaskSampler(distinct_images(), list(range(12)), ways=5, shots=2, queries=3).sample(4, seed=0)
+    assert batch.support_x.shape == (4, 10, 1, 28, 28) and batch.query_x.shape == (4, 15, 1, 28, 28)
+    assert batch.support_y[0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert batch.query_y[0].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+
+
+def test_same_seed_same_tasks_other_seed_other_tasks():
+    sampler = TaskSampler(distinct_images(), list(range(12)), ways=5, shots=1, queries=5)
+    a, b, c = sampler.sample(8, seed=3), sampler.sample(8, seed=3), sampler.sample(8, seed=4)
+    assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x)
+    assert not torch.equal(a.support_x, c.support_x)
+
+
+def test_support_and_query_never_share_a_drawing():
+    batch = TaskSampler(distinct_images(), list(range(12)), 5, 5, 15, rotations=False).sample(16, seed=0)
+    for task in range(16):
+        seen = {tuple(x.nonzero()[0].tolist()) for x in torch.cat([batch.support_x[task], batch.query_x[task]])}
+        assert len(seen) == 100  # 5 classes x 20 drawings, all different
+
+
+def test_rotation_is_chosen_per_class():
+    """learn2learn's transform rotates every class of a task alike; here each class draws its own."""
+    base = torch.zeros(28, 28)
+    base[1, 2] = 1.0  # an asymmetric image: each quarter turn puts the pixel elsewhere
+    rotated = [torch.rot90(base, k) for k in range(4)]
+    sampler = TaskSampler(base.expand(12, 20, 28, 28), list(range(12)), ways=5, shots=1, queries=0)
+    batch = sampler.sample(200, seed=0)
+    rotations = [{next(k for k in range(4) if torch.equal(image, rotated[k])) for image in task[:, 0]}
+                 for task in batch.support_x]
+    assert set().union(*rotations) == {0, 1, 2, 3}
+    assert sum(len(r) > 1 for r in rotations) > 150  # one rotation per task would never mix them
+
+
+def test_classes_stay_within_the_given_characters():
+    ink = distinct_images(12)
+    batch = TaskSampler(ink, [2, 5, 7], ways=3, shots=1, queries=1, rotations=False).sample(20, seed=0)
+    rows = {int(image.nonzero()[0][0]) for image in batch.support_x[:, :, 0].flatten(0, 1)}
+    assert rows == {2, 5, 7}
