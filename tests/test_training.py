@@ -1,0 +1,83 @@
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fewshot.checkpoints import load_checkpoint
+from fewshot.config import Config
+from fewshot.training import read_metrics, train
+
+
+def losses(records):
+    return [r["train_loss"] for r in records]
+
+
+def test_a_run_writes_its_directory(tiny_config, tmp_path):
+    records = train(tiny_config, tmp_path, progress=False)
+    assert [r["iteration"] for r in read_metrics(tmp_path)] == list(range(1, 7))
+    assert read_metrics(tmp_path) == json.loads(json.dumps(records))
+    assert [r["iteration"] for r in records if "val_accuracy" in r] == [3, 6]
+    assert all(r["seconds"] > 0 and r["tasks_per_second"] > 0 for r in records)
+    assert Config.load(tmp_path / "config.json") == tiny_config
+    _, metadata = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert metadata["iterations"] == 6 and metadata["algorithm"] == "fomaml"
+    evaluation = json.loads((tmp_path / "evaluation.json").read_text())
+    assert evaluation["tasks"] == 10 and 0 <= evaluation["accuracy"] <= 1
+    assert metadata["accuracy"]["5w1s"]["accuracy"] == evaluation["accuracy"]
+
+
+def test_same_seed_same_curve(tiny_config, tmp_path):
+    first = train(tiny_config, tmp_path / "a", progress=False)
+    second = train(tiny_config, tmp_path / "b", progress=False)
+    other = train(dataclasses.replace(tiny_config, seed=1), tmp_path / "c", progress=False)
+    assert losses(first) == losses(second)
+    assert losses(first) != losses(other)
+
+
+def test_stop_then_resume_gives_the_uninterrupted_curve(tiny_config, tmp_path):
+    uninterrupted = train(tiny_config, tmp_path / "full", progress=False)
+    stopped = train(tiny_config, tmp_path / "run", progress=False, on_record=None,
+                    should_stop=lambda: len(read_metrics(tmp_path / "run")) >= 4)
+    assert len(stopped) == 4
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")[1]["iterations"] == 4
+    assert not (tmp_path / "run" / "evaluation.json").exists()  # not finished, not tested
+    train(tiny_config, tmp_path / "run", resume=True, progress=False)
+    assert losses(read_metrics(tmp_path / "run")) == losses(uninterrupted)
+
+
+def test_learn2learn_engine_gives_the_same_curve(tiny_config, tmp_path):
+    ours = train(tiny_config, tmp_path / "fewshot", progress=False)
+    notebook = train(dataclasses.replace(tiny_config, engine="learn2learn"), tmp_path / "l2l", progress=False)
+    assert losses(notebook) == pytest.approx(losses(ours), rel=1e-3)
+
+
+def test_ctrl_c_stops_cleanly_and_saves(tiny_config, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "fewshot", "train", "--run-dir", str(run_dir), "--data-root",
+               tiny_config.data_root, "--algorithm", "fomaml", "--channels", "8", "--blocks", "2",
+               "--meta-batch", "2", "--iterations", "100000", "--val-every", "1000", "--test-tasks", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while len(read_metrics(run_dir)) < 3 and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "Traceback" not in output
+    saved = load_checkpoint(run_dir / "checkpoint.safetensors")[1]["iterations"]
+    assert saved == len(read_metrics(run_dir)) >= 3
+
+
+@pytest.mark.slow
+def test_fomaml_learns_on_real_omniglot(data_root, tmp_path):
+    """A few hundred FOMAML iterations, 5-way 1-shot: validation accuracy far above chance (20 %)."""
+    config = Config(data_root=data_root, algorithm="fomaml", channels=32, meta_batch=16, outer_lr=0.003,
+                    iterations=150, val_every=50, val_tasks=100, test_tasks=0)
+    records = train(config, tmp_path, progress=False)
+    validation = [r["val_accuracy"] for r in records if "val_accuracy" in r]
+    assert validation[-1] > 0.5, validation
