@@ -68,6 +68,13 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
     return model, metadata
 
 
+def record_accuracy(path: Path, summary: dict) -> None:
+    """Adds a test result (an Evaluation's dict plus its split) to the checkpoint's metadata."""
+    model, metadata = load_checkpoint(path)
+    metadata["accuracy"][f"{summary['ways']}w{summary['shots']}s"] = summary
+    save_checkpoint(path, model, metadata)
+
+
 def save_training_state(path: Path, optimizer: torch.optim.Optimizer, iterations: int) -> None:
     """Adam's moments and step counts, so that a resumed run continues exactly where it stopped."""
     state = optimizer.state_dict()

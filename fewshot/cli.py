@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoints import CheckpointError, load_checkpoint
+from .checkpoints import CheckpointError, load_checkpoint, record_accuracy
 from .config import Config
 from .evaluation import evaluate
 from .omniglot import DatasetNotFound, load_omniglot, split_characters
@@ -55,6 +55,9 @@ def evaluate_command(args) -> None:
     sampler = TaskSampler(data.ink, split_characters(data, split)["test"], metadata["ways"], shots, args.queries)
     result = evaluate(model, sampler, metadata["inner_lr"], steps, args.tasks)
     print(f"{Path(args.checkpoint).name}: {metadata['ways']}-way {shots}-shot on {split}/test: {result}")
+    if args.record:
+        record_accuracy(Path(args.checkpoint), {"split": f"{split}/test", **result.to_dict()})
+        print(f"recorded in the checkpoint's metadata as accuracy[{result.task!r}]")
 
 
 def bench_command(args) -> None:
@@ -83,6 +86,7 @@ def main(argv=None) -> None:
     evaluate_parser.add_argument("--inner-steps", type=int, help="test-time inner steps (default: as trained)")
     evaluate_parser.add_argument("--split", choices=("lake", "maml-paper"), help="default: as trained")
     evaluate_parser.add_argument("--data-root", help="folder holding omniglot-py/")
+    evaluate_parser.add_argument("--record", action="store_true", help="write the result into the checkpoint")
 
     bench_parser = commands.add_parser("bench", help="seconds per iteration: learn2learn loop vs this engine")
     bench_parser.add_argument("--repeats", type=int, default=5, help="timed iterations per setting")

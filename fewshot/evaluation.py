@@ -18,6 +18,13 @@ class Evaluation:
     loss: float
     tasks: int
     inner_steps: int
+    ways: int
+    shots: int
+    queries: int
+
+    @property
+    def task(self) -> str:
+        return f"{self.ways}w{self.shots}s"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,4 +62,5 @@ def evaluate(model, sampler: TaskSampler, inner_lr: float, steps: int, tasks: in
              seed: int = TEST_SEED, on_progress=None) -> Evaluation:
     losses, accuracies = adapted_task_metrics(model, sampler, tasks, seed, inner_lr, steps, on_progress=on_progress)
     accuracy, ci95 = confidence_interval(accuracies)
-    return Evaluation(accuracy, ci95, losses.mean().item(), tasks, steps)
+    return Evaluation(accuracy, ci95, losses.mean().item(), tasks, steps, sampler.ways, sampler.shots,
+                      sampler.queries)

@@ -22,8 +22,8 @@ import torch
 from tqdm import tqdm
 
 from . import maml
-from .checkpoints import (checkpoint_metadata, load_checkpoint, load_training_state, save_checkpoint,
-                          save_training_state)
+from .checkpoints import (checkpoint_metadata, load_checkpoint, load_training_state, record_accuracy,
+                          save_checkpoint, save_training_state)
 from .config import Config
 from .evaluation import evaluate
 from .models import build_model
@@ -120,11 +120,9 @@ def finish(run_dir: Path, model, config: Config, test_sampler: TaskSampler, prog
     result = evaluate(model, test_sampler, config.inner_lr, config.test_inner_steps, config.test_tasks,
                       on_progress=lambda done, total: bar.update(done - bar.n))
     bar.close()
-    summary = {"split": f"{config.split}/test", "ways": config.ways, "shots": config.shots, **result.to_dict()}
+    summary = {"split": f"{config.split}/test", **result.to_dict()}
     (run_dir / EVALUATION).write_text(json.dumps(summary, indent=2) + "\n")
-    _, metadata = load_checkpoint(run_dir / CHECKPOINT)
-    metadata["accuracy"][f"{config.ways}w{config.shots}s"] = summary
-    save_checkpoint(run_dir / CHECKPOINT, model, metadata)
+    record_accuracy(run_dir / CHECKPOINT, summary)
     return summary
 
 

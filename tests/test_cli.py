@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from fewshot.checkpoints import checkpoint_metadata, save_checkpoint
+from fewshot.checkpoints import checkpoint_metadata, load_checkpoint, save_checkpoint
 from fewshot.config import Config
 from fewshot.models import build_model
 
@@ -26,8 +26,11 @@ def test_train_then_evaluate(data_root, tmp_path):
     run = tmp_path / "run"
     fewshot("train", "--run-dir", run, "--data-root", data_root, "--algorithm", "fomaml", "--channels", 8,
             "--blocks", 2, "--meta-batch", 2, "--iterations", 3, "--val-every", 3, "--test-tasks", 0)
-    output = fewshot("evaluate", run / "checkpoint.safetensors", "--data-root", data_root, "--tasks", 20).stdout
-    assert "5-way 1-shot on lake/test: accuracy" in output and "20 tasks" in output
+    output = fewshot("evaluate", run / "checkpoint.safetensors", "--data-root", data_root, "--tasks", 20,
+                     "--shots", 2, "--record").stdout
+    assert "5-way 2-shot on lake/test: accuracy" in output and "20 tasks" in output
+    recorded = load_checkpoint(run / "checkpoint.safetensors")[1]["accuracy"]["5w2s"]
+    assert recorded["tasks"] == 20 and recorded["queries"] == 5 and f"{100 * recorded['accuracy']:.2f} %" in output
     refused = fewshot("train", "--run-dir", run, "--data-root", data_root, check=False)
     assert refused.returncode != 0 and "--resume" in refused.stderr
 
