@@ -1,12 +1,13 @@
 """Milliseconds for the Draw page's work on the CPU: adapt to 5 ways x 5 shots, then classify one query
 before and after adaptation. Prints the median over repeats.
 
-    python scripts/bench_draw.py [--checkpoint PATH] [--ways 5] [--shots 5] [--steps N] [--repeats 50]
+    python scripts/bench_draw.py [--checkpoint PATH] [--shots 5] [--steps N] [--repeats 50] [--threads N]
 
 Without --checkpoint it uses the checkpoint the Draw page offers first, or a freshly initialised conv net.
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -16,9 +17,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fewshot.adaptation import adapt_to_supports, find_checkpoints, initial_params, probabilities  # noqa: E402
+from fewshot.adaptation import adapt_and_classify, find_checkpoints, one_thread  # noqa: E402
 from fewshot.checkpoints import load_checkpoint  # noqa: E402
 from fewshot.models import build_model  # noqa: E402
+from fewshot.runs import checkpoints_dir, runs_root  # noqa: E402
 
 
 def main() -> None:
@@ -27,9 +29,12 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--steps", type=int, help="inner steps (default: the checkpoint's test_inner_steps)")
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: one, as the Draw page)")
     args = parser.parse_args()
 
-    found = [Path(args.checkpoint)] if args.checkpoint else find_checkpoints()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    found = [Path(args.checkpoint)] if args.checkpoint else find_checkpoints(checkpoints_dir(), runs_root())
     if found:
         model, metadata = load_checkpoint(found[0])
         source = str(found[0])
@@ -43,19 +48,26 @@ def main() -> None:
     query_x = torch.rand(1, 1, 28, 28)
 
     def draw_page_work():
-        adapted = adapt_to_supports(model, support_x, support_y, metadata["inner_lr"], steps)
-        probabilities(model, initial_params(model), support_x, query_x)
-        probabilities(model, adapted.params, support_x, query_x)
+        if args.threads:
+            adapt_and_classify(model, support_x, support_y, metadata["inner_lr"], steps, query_x)
+        else:
+            with one_thread():  # as the Draw page does
+                adapt_and_classify(model, support_x, support_y, metadata["inner_lr"], steps, query_x)
 
-    draw_page_work()  # warm-up
-    times = []
+    draw_page_work()  # warm-up: torch.func's first call takes seconds
+    wall, cpu = [], []
     for _ in range(args.repeats):
-        tick = time.perf_counter()
+        tick, cpu_tick = time.perf_counter(), time.process_time()
         draw_page_work()
-        times.append(1000 * (time.perf_counter() - tick))
-    print(f"{source}: {ways} ways x {args.shots} shots, {steps} inner steps, {torch.get_num_threads()} CPU "
-          f"threads: adapt + classify one query before and after: median {statistics.median(times):.1f} ms "
-          f"(min {min(times):.1f}, max {max(times):.1f}, {args.repeats} repeats)")
+        wall.append(1000 * (time.perf_counter() - tick))
+        cpu.append(1000 * (time.process_time() - cpu_tick))
+    print(f"{source}\n{ways} ways x {args.shots} shots, {steps} inner steps, one query, "
+          f"{args.threads or 1} CPU thread(s), {args.repeats} repeats:\n"
+          f"adapt + classify before and after: median {statistics.median(wall):.1f} ms "
+          f"(min {min(wall):.1f}); CPU time median {statistics.median(cpu):.1f} ms, all threads together")
+    if os.getloadavg()[0] > os.cpu_count() / 2:
+        print(f"note: the machine is busy (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs): "
+              "wall times are inflated")
 
 
 if __name__ == "__main__":

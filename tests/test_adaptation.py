@@ -1,0 +1,125 @@
+"""Adapting a model to drawn classes (fewshot.adaptation), and the checkpoints the Draw page offers."""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from canvas_drawings import QUERY, SHAPES, canvas_image
+from fewshot.adaptation import (adapt_and_classify, adaptation_settings, find_checkpoints, load_uploaded_checkpoint,
+                                omniglot_examples, one_thread)
+from fewshot.checkpoints import CheckpointError, checkpoint_metadata, save_checkpoint
+from fewshot.config import Config
+from fewshot.drawing import drawing_to_ink
+from fewshot.models import build_model
+from fewshot.omniglot import split_characters
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("conv", ways=5, channels=16, blocks=3)
+
+
+@pytest.fixture(scope="module")
+def drawn_task():
+    """Two drawings of each of the five shapes, the second a little smaller and shifted, and a query."""
+    def ink(strokes):
+        return drawing_to_ink(canvas_image(strokes))[None]
+    moved = {name: [[(0.8 * x + 20, 0.8 * y + 5) for x, y in stroke] for stroke in strokes]
+             for name, strokes in SHAPES.items()}
+    support_x = torch.stack([ink(strokes) for shape in SHAPES for strokes in (SHAPES[shape], moved[shape])])
+    return support_x, torch.arange(5).repeat_interleave(2), ink(QUERY)[None]
+
+
+def test_adaptation_fits_the_drawn_support_set(model, drawn_task):
+    support_x, support_y, query_x = drawn_task
+    adaptation = adapt_and_classify(model, support_x, support_y, inner_lr=0.4, steps=5, query_x=query_x)
+    assert len(adaptation.support_loss) == len(adaptation.support_accuracy) == 6  # before any step, then 5
+    losses = adaptation.support_loss
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:])) and losses[-1] < losses[0] / 2
+    assert adaptation.support_accuracy[0] < 1 and adaptation.support_accuracy[-1] == 1
+    assert adaptation.before.shape == adaptation.after.shape == (1, 5)
+    assert torch.allclose(adaptation.after.sum(-1), torch.ones(1))
+    assert adaptation.after[0].argmax() == list(SHAPES).index("circle")  # the query is a new circle
+    assert set(adaptation.params) == {name for name, _ in model.named_parameters()}
+
+
+def test_a_query_alone_gets_the_probabilities_it_gets_among_others(model, drawn_task):
+    support_x, support_y, _ = drawn_task
+    queries = torch.rand(7, 1, 28, 28)
+    together = adapt_and_classify(model, support_x, support_y, 0.4, 3, queries)
+    for i in (0, 4):
+        alone = adapt_and_classify(model, support_x, support_y, 0.4, 3, queries[i:i + 1])
+        assert torch.allclose(alone.before[0], together.before[i], atol=1e-5)
+        assert torch.allclose(alone.after[0], together.after[i], atol=1e-5)
+
+
+def test_no_steps_leave_the_model_as_it_was(model, drawn_task):
+    support_x, support_y, query_x = drawn_task
+    adaptation = adapt_and_classify(model, support_x, support_y, 0.4, 0, query_x)
+    assert len(adaptation.support_loss) == 1 and torch.equal(adaptation.before, adaptation.after)
+
+
+def test_support_sets_with_another_number_of_classes_are_refused(model, drawn_task):
+    support_x, support_y, _ = drawn_task
+    keep = support_y < 3
+    with pytest.raises(ValueError, match="exactly 5 classes"):
+        adapt_and_classify(model, support_x[keep], support_y[keep], 0.4, 1)
+
+
+def test_one_thread_restores_the_thread_count():
+    threads = torch.get_num_threads()
+    with one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == threads
+
+
+def test_uploaded_checkpoints_load_and_foreign_or_corrupt_ones_are_refused(tmp_path, model):
+    path = tmp_path / "mine.safetensors"
+    config = Config(algorithm="fomaml", channels=16, blocks=3)
+    save_checkpoint(path, model, checkpoint_metadata(config, iterations=1))
+    loaded, metadata = load_uploaded_checkpoint("mine.safetensors", path.read_bytes())
+    assert metadata["ways"] == 5 and torch.equal(loaded.classifier.weight, model.classifier.weight)
+
+    with pytest.raises(CheckpointError, match="upload.safetensors is not a readable safetensors file"):
+        load_uploaded_checkpoint("../../upload.safetensors", b"\x00 not a checkpoint at all")
+    save_file({"weight": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(CheckpointError, match="not a fewshot checkpoint"):
+        load_uploaded_checkpoint("foreign.safetensors", (tmp_path / "foreign.safetensors").read_bytes())
+
+
+def test_adaptation_settings_come_from_the_metadata_and_odd_ones_are_refused():
+    metadata = checkpoint_metadata(Config(ways=5, shots=1, inner_lr=0.4, test_inner_steps=3), iterations=1)
+    assert adaptation_settings(metadata) == {"ways": 5, "shots": 1, "inner_lr": 0.4, "steps": 3}
+    for name, odd in (("shots", "5"), ("ways", 2.5), ("inner_lr", None), ("test_inner_steps", -1)):
+        with pytest.raises(CheckpointError, match=f"gives {name.replace('test_inner_', '')} as"):
+            adaptation_settings(metadata | {name: odd})
+
+
+def test_checkpoints_on_offer_shipped_default_first_then_kept_then_runs_newest_first(tmp_path):
+    kept, runs = tmp_path / "checkpoints", tmp_path / "runs"
+    for path in (kept / "a.safetensors", kept / "maml-conv-5way.safetensors", kept / "z.safetensors",
+                 runs / "old" / "checkpoint.safetensors", runs / "new" / "checkpoint.safetensors"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    os.utime(runs / "old" / "checkpoint.safetensors", (1, 1))
+    assert [p.relative_to(tmp_path).as_posix() for p in find_checkpoints(kept, runs)] == [
+        "checkpoints/maml-conv-5way.safetensors", "checkpoints/a.safetensors", "checkpoints/z.safetensors",
+        "runs/new/checkpoint.safetensors", "runs/old/checkpoint.safetensors"]
+    assert find_checkpoints(tmp_path / "none", tmp_path / "none") == []
+
+
+def test_omniglot_examples_come_from_unseen_characters(omniglot):
+    test = split_characters(omniglot, "lake")["test"]
+    support, query, answer, names = omniglot_examples(omniglot, test, ways=5, shots=3, seed=1)
+    assert support.shape == (5, 3, 28, 28) and query.shape == (28, 28) and 0 <= answer < 5
+    assert len(set(names)) == 5 and all(" / character" in name for name in names)
+    alphabets = {name.split(" / ")[0].replace(" ", "_") for name in names}
+    assert alphabets <= {omniglot.alphabet(c) for c in test}
+    character = [c for c in test if omniglot.ink[c].eq(support[answer, 0]).all(-1).all(-1).any()]
+    drawings = omniglot.ink[character[0]]
+    assert any(torch.equal(query, d) for d in drawings) and not any(torch.equal(query, s) for s in support[answer])
+    again = omniglot_examples(omniglot, test, ways=5, shots=3, seed=1)
+    assert torch.equal(again[0], support) and again[3] == names
