@@ -31,10 +31,10 @@ CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 OMNIGLOT_HELP = """\
 Omniglot is not at `{root}`. To get it, either:
-- run `python -m fewshot train --iterations 1 --test-tasks 0 --run-dir runs/download` once with internet:
-  torchvision downloads it (about 10 MB) into `data/omniglot/`; or
+- with internet, run `python -c "from fewshot.omniglot import load_omniglot; load_omniglot('{root}')"`:
+  torchvision downloads it there; or
 - download `images_background.zip` and `images_evaluation.zip` from
-  https://github.com/brendenlake/omniglot/tree/master/python and unzip both into `data/omniglot/omniglot-py/`; or
+  https://github.com/brendenlake/omniglot/tree/master/python and unzip both into `{root}/omniglot-py/`; or
 - point the environment variable `FEWSHOT_DATA` at a folder that holds `omniglot-py/`, and restart the app.
 """
 
@@ -89,10 +89,14 @@ class Run:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def config(self) -> Config:
-        """The run's configuration: config.json once training wrote it, before that the one it was started with."""
-        if (self.path / CONFIG).exists():
+        """The run's configuration: config.json as training wrote it, else (not yet written, or being written)
+        the one it was started with."""
+        try:
             return Config.load(self.path / CONFIG)
-        return Config.from_dict(self.launch()["config"])
+        except (FileNotFoundError, json.JSONDecodeError):
+            if "config" not in self.launch():
+                raise
+            return Config.from_dict(self.launch()["config"])
 
     def started(self) -> float:
         launch = self.launch()
@@ -109,8 +113,11 @@ class Run:
         return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def evaluation(self) -> dict | None:
-        path = self.path / EVALUATION
-        return json.loads(path.read_text()) if path.exists() else None
+        """Test accuracy and its interval, once the run has finished (None while evaluation.json is written)."""
+        try:
+            return json.loads((self.path / EVALUATION).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
 
     @property
     def checkpoint(self) -> Path:
@@ -137,7 +144,11 @@ class Run:
     def error(self) -> str | None:
         """For a failed run, the last line of its output, which names the error."""
         log = self.path / LOG
-        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.exists() else []
+        if not log.exists():
+            return None
+        with open(log, "rb") as f:  # the end of the log only: it holds a progress line per iteration
+            f.seek(max(0, log.stat().st_size - 4096))
+            lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
         return lines[-1].strip() if lines else None
 
     def progress(self) -> Progress:
@@ -172,12 +183,36 @@ def progress(records: list, iterations: int, meta_batch: int, window: int = 20) 
                     max(iterations - iteration, 0) * seconds_per_iteration)
 
 
+def summary(run: Run) -> dict:
+    """What the Compare page tabulates for a run: its cost per iteration, memory, and accuracy."""
+    config, records, evaluation = run.config(), run.metrics(), run.evaluation()
+    validation = [r for r in records if "val_accuracy" in r]
+    memory = [r["peak_memory_mb"] for r in records if "peak_memory_mb" in r]
+    return {"run": run.name, "algorithm": config.algorithm, "status": run.status(),
+            "iterations": records[-1]["iteration"] if records else 0,
+            "seconds_per_iteration": seconds_per_iteration(records),
+            "peak_memory_mb": max(memory) if memory else None,
+            "val_accuracy": validation[-1]["val_accuracy"] if validation else None,
+            "test_accuracy": evaluation["accuracy"] if evaluation else None,
+            "test_ci95": evaluation["ci95"] if evaluation else None}
+
+
+def seconds_per_iteration(records: list) -> float | None:
+    """The median time of a meta-update, leaving out the iterations that also validated."""
+    times = sorted(b["seconds"] - a["seconds"] for a, b in zip(records, records[1:]) if "val_loss" not in b)
+    return times[len(times) // 2] if times else None
+
+
+def shipped_runs_root() -> Path:
+    """Run directories shipped with the repository (curves of the shipped checkpoints): checkpoints/runs/."""
+    return checkpoints_dir() / "runs"
+
+
 def list_runs(root: Path | None = None) -> list:
-    """The runs under `root` (default runs_root()), newest first."""
-    root = Path(root or runs_root())
-    if not root.is_dir():
-        return []
-    runs = [Run(path) for path in root.iterdir() if (path / LAUNCH).exists() or (path / CONFIG).exists()]
+    """The runs under `root`, newest first; by default those under runs_root() and shipped_runs_root()."""
+    roots = [Path(root)] if root else [runs_root(), shipped_runs_root()]
+    runs = [Run(path) for folder in roots if folder.is_dir() for path in folder.iterdir()
+            if (path / LAUNCH).exists() or (path / CONFIG).exists()]
     return sorted((run for run in runs if _readable(run)), key=lambda run: run.started(), reverse=True)
 
 
@@ -190,7 +225,7 @@ def start(config: Config, root: Path | None = None, comparison: str | None = Non
     name = f"{comparison or time.strftime('%Y%m%d-%H%M%S')}-{config.algorithm}"
     run_dir = _new_run_dir(Path(root or runs_root()).resolve(), name)
     command = [sys.executable, "-m", "fewshot", "train", "--run-dir", str(run_dir)] + config_arguments(config)
-    environment = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="60")  # a progress line a minute in the log
+    environment = dict(os.environ, PYTHONUNBUFFERED="1")
     if threads:
         environment.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(run_dir / LOG, "wb") as log:
@@ -277,10 +312,9 @@ def _readable(run: Run) -> bool:
 
 def _process_alive(pid: int, run_dir: Path) -> bool:
     """Whether `pid` is still the training process of `run_dir`."""
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child, just ended: reap it, or it lingers as a zombie
-            return False
-    except ChildProcessError:  # not our child (started by an earlier server): nothing to reap
+    try:  # our own child? Then it is alive until we reap it (which we must, or it lingers as a zombie)
+        return os.waitpid(pid, os.WNOHANG)[0] != pid
+    except ChildProcessError:  # not our child: started by an earlier server, or by another process
         pass
     try:
         os.kill(pid, 0)
