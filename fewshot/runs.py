@@ -159,12 +159,10 @@ class Run:
         return self.launch().get("comparison")
 
     def label(self) -> str:
-        """One line for menus: name, algorithm, task, iterations done and status."""
+        """One line for menus: name, algorithm and task. It never changes while the run goes on, as a menu's
+        choice is matched by its label on the next rerun."""
         config = self.config()
-        records = self.metrics()
-        done = records[-1]["iteration"] if records else 0
-        return (f"{self.name} · {config.algorithm} {config.ways}-way {config.shots}-shot · "
-                f"{done}/{config.iterations} it · {self.status()}")
+        return f"{self.name} · {config.algorithm} {config.ways}-way {config.shots}-shot · {config.iterations} it"
 
 
 def progress(records: list, iterations: int, meta_batch: int, window: int = 20) -> Progress:

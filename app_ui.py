@@ -1,0 +1,123 @@
+"""Streamlit pieces shared by the Train and Compare pages (pages/): the configuration form, a run's status,
+progress and curves. It lives outside pages/ so that Streamlit never mistakes it for a page."""
+
+import dataclasses
+
+import streamlit as st
+
+from fewshot import runs
+from fewshot.config import Config
+from fewshot.plots import X_AXES, training_curves
+from fewshot.presets import PRESETS, preset
+
+FORM_GROUPS = {
+    "What is learned": ("algorithm", "backbone", "channels", "blocks"),
+    "Tasks": ("ways", "shots", "queries", "split"),
+    "Inner loop": ("inner_steps", "inner_lr", "seed"),
+    "Outer loop": ("outer_lr", "meta_batch", "iterations"),
+}
+ADVANCED = ("val_every", "val_tasks", "checkpoint_every", "test_tasks", "test_inner_steps", "engine")
+FLOAT_STEPS = {"inner_lr": 0.05, "outer_lr": 0.0005}
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+STATUS_ICONS = {runs.FINISHED: "check_circle", runs.STOPPED: "stop_circle", runs.FAILED: "error"}  # Material icons
+
+
+def dataset_warning() -> bool:
+    """Shows how to get Omniglot when it is missing; returns whether it is there."""
+    message = runs.missing_dataset_help(Config().data_root)
+    if message:
+        st.warning(message, icon=":material/folder_off:")
+    return message is None
+
+
+def preset_picker(prefix: str) -> tuple[str, Config]:
+    """A preset menu; returns the preset's name and Config, the defaults of config_fields."""
+    name = st.selectbox("Preset", list(PRESETS), key=f"{prefix}_preset",
+                        help="Fills the form below; change any field before pressing Start.")
+    return name, preset(name)
+
+
+def config_fields(prefix: str, preset_name: str, defaults: Config, exclude: tuple = ()) -> dict:
+    """The Config fields as widgets, inside a form, starting from `defaults`; returns their values.
+
+    The widgets' keys hold the preset's name, so choosing another preset gives fresh widgets with its values.
+    """
+    prefix = f"{prefix}_{preset_name}"
+    values = {}
+    for column, (group, names) in zip(st.columns(len(FORM_GROUPS)), FORM_GROUPS.items()):
+        with column:
+            st.markdown(f"**{group}**")
+            values.update({name: _field_widget(prefix, name, getattr(defaults, name))
+                           for name in names if name not in exclude})
+    with st.expander("Monitoring and engine"):
+        columns = st.columns(3)
+        for index, name in enumerate(n for n in ADVANCED if n not in exclude):
+            with columns[index % 3]:
+                values[name] = _field_widget(prefix, name, getattr(defaults, name))
+    return values
+
+
+def make_config(values: dict) -> Config | None:
+    """A Config from the form's values, or None after showing why they do not make one."""
+    try:
+        return Config(**values)
+    except ValueError as error:
+        st.error(f"Cannot start: {error}.")
+        return None
+
+
+def run_status(run: runs.Run, status: str) -> None:
+    """A progress bar that says what the run is doing: its phase, pace and time left while running; the error
+    of a failed run below it."""
+    progress = run.progress()
+    parts = [f"**{run.name}**", f"iteration {progress.iteration} / {progress.iterations}"]
+    if status != runs.RUNNING:
+        parts.append(f":material/{STATUS_ICONS[status]}: {status}")
+    elif (run.path / runs.STOP_REQUESTED).exists():
+        parts.append("stopping: finishing this iteration and saving ...")
+    elif progress.iteration == 0:
+        parts.append("starting: loading Omniglot and building the model ...")
+    elif progress.iteration >= progress.iterations:
+        parts.append(f"meta-training done: measuring test accuracy on {run.config().test_tasks} tasks ...")
+    else:
+        parts.append(f"{progress.tasks_per_second:.0f} tasks/s" if progress.tasks_per_second else "running")
+        if progress.seconds_left is not None:
+            parts.append(f"{_duration(progress.seconds_left)} left")
+    st.progress(min(progress.iteration / progress.iterations, 1.0), text=" · ".join(parts))
+    if status == runs.FAILED:
+        st.error(f"Run {run.name} failed: {run.error() or 'it ended without a word (killed?)'}",
+                 icon=":material/error:")
+
+
+def x_axis_choice(key: str) -> str:
+    return st.radio("x axis", list(X_AXES), horizontal=True, key=key)
+
+
+def curves_chart(series: dict, x: str, ways: int | None, key: str) -> None:
+    st.plotly_chart(training_curves(series, x, chance=1 / ways if ways else None), key=key, width="stretch")
+
+
+def live(refresh: bool):
+    """st.fragment redrawn every second while `refresh` (some run is running), else drawn once."""
+    return st.fragment(run_every=1.0 if refresh else None)
+
+
+def _field_widget(prefix: str, name: str, default):
+    field, key = FIELDS[name], f"{prefix}_{name}"
+    label, help = name.replace("_", " "), field.metadata["help"]
+    if field.metadata.get("choices"):
+        choices = field.metadata["choices"]
+        return st.selectbox(label, choices, index=choices.index(default), key=key, help=help)
+    if isinstance(field.default, int):
+        return int(st.number_input(label, min_value=0, value=default, step=1, key=key, help=help))
+    return float(st.number_input(label, min_value=0.0, value=float(default), step=FLOAT_STEPS.get(name, 0.01),
+                                 format="%g", key=key, help=help))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

@@ -1,0 +1,146 @@
+"""Training runs as background processes (fewshot/runs.py): start, stop, status, comparison, keeping checkpoints."""
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from fewshot import runs
+from fewshot.checkpoints import load_checkpoint
+from fewshot.cli import add_config_options, config_from_args
+from fewshot.config import Config
+from waiting import wait_for
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_root) -> runs.Run:
+    config = Config(data_root=data_root, algorithm="fomaml", channels=8, blocks=2, meta_batch=2, iterations=6,
+                    val_every=3, val_tasks=4, checkpoint_every=3, test_tasks=10)
+    run = runs.start(config, tmp_path_factory.mktemp("runs"))
+    wait_for(lambda: not run.is_running(), "the tiny run to end")
+    return run
+
+
+def test_a_run_trains_in_its_own_process_to_the_end_and_is_evaluated(finished_run, data_root):
+    assert finished_run.status() == runs.FINISHED, finished_run.error()
+    records = finished_run.metrics()
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r["iteration"] for r in records if "val_accuracy" in r] == [3, 6]
+    assert all(r["peak_memory_mb"] > 50 for r in records)  # torch alone takes more
+    evaluation = finished_run.evaluation()
+    assert evaluation["tasks"] == 10 and 0 <= evaluation["accuracy"] <= 1 and evaluation["ci95"] > 0
+    assert load_checkpoint(finished_run.checkpoint)[1]["iterations"] == 6
+    assert finished_run.config().data_root == data_root and finished_run.config().iterations == 6
+    assert finished_run.progress().iteration == 6 and finished_run.progress().seconds_left == 0
+    assert runs.list_runs(finished_run.path.parent) == [finished_run]
+
+
+def test_stop_ends_a_run_after_its_iteration_and_keeps_what_it_learned(tmp_path, tiny_config):
+    config = dataclasses.replace(tiny_config, iterations=100_000, checkpoint_every=100_000)
+    run = runs.start(config, tmp_path)
+    assert run.status() == runs.RUNNING
+    wait_for(lambda: len(run.metrics()) >= 3, "three iterations")
+    runs.stop(run)
+    wait_for(lambda: not run.is_running(), "the run to stop")
+    assert run.status() == runs.STOPPED
+    done = run.metrics()[-1]["iteration"]
+    assert 3 <= done < 100_000
+    assert load_checkpoint(run.checkpoint)[1]["iterations"] == done  # saved on the way out
+    assert run.evaluation() is None
+
+
+def test_a_failed_run_says_why(tmp_path, tiny_config):
+    run = runs.start(dataclasses.replace(tiny_config, ways=5000), tmp_path)  # more classes than Omniglot has
+    wait_for(lambda: not run.is_running(), "the run to fail")
+    assert run.status() == runs.FAILED
+    assert run.error().startswith("error: 5000 ways need at least 5000 classes")
+
+
+def test_a_dead_or_reused_process_id_is_not_a_running_run(tmp_path, tiny_config):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for pid in (dead.pid, os.getpid()):  # gone; alive, but not this run's training
+        run_dir = tmp_path / f"run-{pid}"
+        run_dir.mkdir()
+        (run_dir / runs.LAUNCH).write_text(json.dumps({"pid": pid, "started": time.time(),
+                                                       "config": tiny_config.to_dict()}))
+        run = runs.Run(run_dir)
+        assert not run.is_running()
+        assert run.status() == runs.FAILED and run.error() is None
+
+
+def test_comparison_runs_both_orders_from_the_same_weights_on_the_same_tasks(tmp_path, tiny_config):
+    maml, fomaml = runs.start_comparison(dataclasses.replace(tiny_config, test_tasks=0), tmp_path)
+    wait_for(lambda: not (maml.is_running() or fomaml.is_running()), "both runs to end")
+    assert (maml.config().algorithm, fomaml.config().algorithm) == ("maml", "fomaml")
+    assert maml.status() == fomaml.status() == runs.FINISHED
+    assert maml.launch()["threads"] == fomaml.launch()["threads"] == 1
+    assert maml.comparison() == fomaml.comparison() is not None
+    first_maml, first_fomaml = maml.metrics()[0], fomaml.metrics()[0]
+    # Iteration 1's loss is measured before any update: same weights and same tasks give the same number.
+    assert first_maml["train_loss"] == pytest.approx(first_fomaml["train_loss"], abs=1e-6)
+    assert maml.metrics()[-1]["train_loss"] != fomaml.metrics()[-1]["train_loss"]
+    assert runs.latest_comparison(runs.list_runs(tmp_path)) in ([maml, fomaml], [fomaml, maml])
+    summary = runs.summary(maml)
+    assert summary["iterations"] == 6 and summary["seconds_per_iteration"] > 0 and summary["peak_memory_mb"] > 0
+    assert summary["test_accuracy"] is None and 0 <= summary["val_accuracy"] <= 1
+
+
+def test_keep_checkpoint_copies_it_under_a_safe_new_name(finished_run, tmp_path):
+    kept = runs.keep_checkpoint(finished_run, " my-model.safetensors ", tmp_path)
+    assert kept == tmp_path / "my-model.safetensors"
+    assert kept.read_bytes() == finished_run.checkpoint.read_bytes()
+    assert not list(tmp_path.glob(".*tmp*"))
+    with pytest.raises(ValueError, match="already exists"):
+        runs.keep_checkpoint(finished_run, "my-model", tmp_path)
+    for bad in ("../escape", "", "a b", ".hidden"):
+        with pytest.raises(ValueError, match="not a usable name"):
+            runs.keep_checkpoint(finished_run, bad, tmp_path)
+
+
+def test_progress_reports_pace_and_time_left():
+    records = [{"iteration": i, "seconds": 0.5 * i} for i in range(1, 41)]
+    progress = runs.progress(records, iterations=100, meta_batch=8)
+    assert progress.iteration == 40
+    assert progress.tasks_per_second == pytest.approx(16)
+    assert progress.seconds_left == pytest.approx(30)
+    assert runs.progress([], 100, 8) == runs.Progress(0, 100, None, None)
+
+
+def test_list_runs_newest_first_and_ignores_what_is_not_a_run(tmp_path, tiny_config):
+    for name, started in (("old", 100.0), ("new", 200.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / runs.LAUNCH).write_text(json.dumps({"pid": None, "started": started,
+                                                               "config": tiny_config.to_dict()}))
+    (tmp_path / "not-a-run").mkdir()
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "config.json").write_text(json.dumps({"no_such_option": 1}))
+    assert [run.name for run in runs.list_runs(tmp_path)] == ["new", "old"]
+    assert runs.list_runs(tmp_path / "missing") == []
+
+
+def test_list_runs_includes_the_runs_shipped_with_the_checkpoints(tmp_path, monkeypatch, finished_run):
+    monkeypatch.setenv("FEWSHOT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FEWSHOT_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    assert runs.list_runs() == []
+    shutil.copytree(finished_run.path, tmp_path / "checkpoints" / "runs" / "shipped-fomaml")
+    [shipped] = runs.list_runs()
+    assert shipped.name == "shipped-fomaml" and shipped.status() == runs.FINISHED
+
+
+def test_config_arguments_round_trip_through_the_command_line(tiny_config):
+    parser = argparse.ArgumentParser()
+    add_config_options(parser)
+    config = dataclasses.replace(tiny_config, outer_lr=0.0005, split="maml-paper", algorithm="maml")
+    assert config_from_args(parser.parse_args(runs.config_arguments(config))) == config
+
+
+def test_missing_dataset_help_names_the_folder_and_the_ways_to_get_it(tmp_path, data_root):
+    assert runs.missing_dataset_help(data_root) is None
+    message = runs.missing_dataset_help(str(tmp_path))
+    assert str(tmp_path) in message and "FEWSHOT_DATA" in message and "images_background" in message
