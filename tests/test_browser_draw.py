@@ -2,87 +2,42 @@
 shapes with the mouse, one per class, adapt a trained checkpoint to them, and classify new drawings of two of
 them, a circle and a triangle.
 
-It needs a trained checkpoint: the shipped checkpoints/maml-conv-5way.safetensors, else the 5-way checkpoint
-with the best recorded test accuracy in checkpoints/ or runs/. The screenshot goes to test-artifacts/.
+It uses the shipped checkpoints/maml-conv-5way.safetensors. The screenshots go to test-artifacts/.
 """
 
-import json
-import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
-from safetensors import safe_open
 
+from browser import ARTIFACTS, CHROMIUM, REPO, launch_chromium, served_app
 from canvas_drawings import QUERY, QUERY_NAME, SECOND_QUERY, SECOND_QUERY_NAME, SHAPES
-from fewshot.adaptation import DEFAULT_CHECKPOINT, find_checkpoints
+from fewshot.adaptation import DEFAULT_CHECKPOINT
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = shutil.which("chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 TIMEOUT_MS = 120_000  # generous: two cores shared by the app, maybe training runs, and the browser
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 
 
-def trained_checkpoint() -> Path | None:
-    shipped = REPO / "checkpoints" / DEFAULT_CHECKPOINT
-    if shipped.exists():
-        return shipped
-    accuracies = {}
-    for path in find_checkpoints(REPO / "checkpoints", REPO / "runs"):
-        with safe_open(str(path), framework="pt") as f:
-            metadata = json.loads((f.metadata() or {}).get("fewshot", "{}"))
-        results = metadata.get("accuracy") or {}
-        if metadata.get("ways") == 5 and results:
-            accuracies[path] = max(result["accuracy"] for result in results.values())
-    return max(accuracies, key=accuracies.get) if accuracies else None
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    """`streamlit run app.py` on a free local port, offering one trained checkpoint and no runs."""
+    """The app on a free local port, offering the shipped default checkpoint and no runs."""
     if not CHROMIUM:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    checkpoint = trained_checkpoint()
-    if checkpoint is None:
-        pytest.skip(f"no trained 5-way checkpoint: neither checkpoints/{DEFAULT_CHECKPOINT} nor an evaluated run")
     folder = tmp_path_factory.mktemp("browser-draw")
     (folder / "checkpoints").mkdir()
-    shutil.copyfile(checkpoint, folder / "checkpoints" / checkpoint.name)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    environment = dict(os.environ, FEWSHOT_RUNS=str(folder / "runs"), FEWSHOT_CHECKPOINTS=str(folder / "checkpoints"))
-    log = open(folder / "streamlit.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
-                               "--server.port", str(port), "--server.headless", "true",
-                               "--browser.gatherUsageStats", "false"],
-                              cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_for_health(url, server)
+    shutil.copyfile(REPO / "checkpoints" / DEFAULT_CHECKPOINT, folder / "checkpoints" / DEFAULT_CHECKPOINT)
+    with served_app(folder, FEWSHOT_RUNS=str(folder / "runs"), FEWSHOT_CHECKPOINTS=str(folder / "checkpoints")) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture
 def page(app):
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 2600})  # the whole page, unscrolled
         page.set_default_timeout(TIMEOUT_MS)
         # The first visit after the server starts runs in Streamlit's legacy pages/ mode until app.py has
@@ -146,17 +101,3 @@ def _settle(page) -> None:
     """Waits for the script run that the last action caused to end: a canvas drawn on mid-run may be reset."""
     time.sleep(0.3)  # the canvas sends its drawing 200 ms after the mouse is up
     page.wait_for_selector(IDLE)
-
-
-def _wait_for_health(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(url + "_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"streamlit did not answer at {url} within {timeout} s")

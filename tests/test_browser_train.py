@@ -3,27 +3,14 @@
 Screenshots go to test-artifacts/.
 """
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
 
+from browser import ARTIFACTS, CHROMIUM, launch_chromium, served_app
 from fewshot import runs
 from waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = shutil.which("chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 TIMEOUT_MS = 120_000  # generous: two cores shared by the app, its training processes and the browser
 # Points of the curve named `name`, in each plotly chart of the page.
 POINTS = """name => [...document.querySelectorAll('.js-plotly-plot')].map(
@@ -32,38 +19,25 @@ POINTS = """name => [...document.querySelectorAll('.js-plotly-plot')].map(
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, data_root):
-    """`streamlit run app.py` on a free local port, with its runs in a temporary folder: (url, runs folder)."""
+    """The app on a free local port, with its runs in a temporary folder: (url, runs folder)."""
     if not CHROMIUM:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     folder = tmp_path_factory.mktemp("browser")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    environment = dict(os.environ, FEWSHOT_RUNS=str(folder / "runs"), FEWSHOT_CHECKPOINTS=str(folder / "checkpoints"),
-                       FEWSHOT_DATA=data_root)
-    log = open(folder / "streamlit.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
-                               "--server.port", str(port), "--server.headless", "true",
-                               "--browser.gatherUsageStats", "false"],
-                              cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
     try:
-        _wait_for_health(url, server)
-        yield url, folder / "runs"
+        with served_app(folder, FEWSHOT_RUNS=str(folder / "runs"), FEWSHOT_CHECKPOINTS=str(folder / "checkpoints"),
+                        FEWSHOT_DATA=data_root) as url:
+            yield url, folder / "runs"
     finally:
         for run in runs.list_runs(folder / "runs"):
             if run.is_running():
                 runs.stop(run)
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture(scope="module")
 def browser(app):
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch_chromium(playwright)
         yield browser
         browser.close()
 
@@ -124,18 +98,3 @@ def _wait_for_points(page, curve: str, at_least: int, charts: int) -> None:
     """Waits until each of the page's `charts` plotly charts draws at least `at_least` points of `curve`."""
     page.wait_for_function(f"(points => points.length == {charts} && points.every(n => n >= {at_least}))"
                            f"(({POINTS})('{curve}'))", timeout=TIMEOUT_MS)
-
-
-def _wait_for_health(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(url + "_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"streamlit did not answer at {url} within {timeout} s")
-
