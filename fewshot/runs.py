@@ -214,18 +214,18 @@ def list_runs(root: Path | None = None) -> list:
     return sorted((run for run in runs if _readable(run)), key=lambda run: run.started(), reverse=True)
 
 
-def start(config: Config, root: Path | None = None, comparison: str | None = None,
-          threads: int | None = None) -> Run:
+def start(config: Config, root: Path | None = None, comparison: str | None = None, threads: int = 1) -> Run:
     """Starts `python -m fewshot train` for `config` in a new run directory under `root`; returns at once.
 
-    `threads` sets the process' torch threads (OMP_NUM_THREADS); None leaves torch's default, one per core.
+    `threads`: the process' torch threads (OMP_NUM_THREADS). One by default: on a two-core machine that is also
+    serving the app and drawing its charts, two threads per run were 13 times slower than one (the quick class
+    demo, 3.1 against 0.23 s per meta-update, with other work on the cores), their OpenMP threads waiting for
+    each other whenever a core is taken.
     """
     name = f"{comparison or time.strftime('%Y%m%d-%H%M%S')}-{config.algorithm}"
     run_dir = _new_run_dir(Path(root or runs_root()).resolve(), name)
     command = [sys.executable, "-m", "fewshot", "train", "--run-dir", str(run_dir)] + config_arguments(config)
-    environment = dict(os.environ, PYTHONUNBUFFERED="1")
-    if threads:
-        environment.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    environment = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(run_dir / LOG, "wb") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
@@ -242,7 +242,7 @@ def start_comparison(config: Config, root: Path | None = None) -> list:
     their seconds per iteration compare fairly.
     """
     comparison = time.strftime("%Y%m%d-%H%M%S") + "-compare"
-    return [start(Config.from_dict({**config.to_dict(), "algorithm": algorithm}), root, comparison, threads=1)
+    return [start(Config.from_dict({**config.to_dict(), "algorithm": algorithm}), root, comparison)
             for algorithm in ("maml", "fomaml")]
 
 
