@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import REPO_ROOT, Config
 from .omniglot import SETS
-from .training import CHECKPOINT, CONFIG, EVALUATION, METRICS
+from .training import CHECKPOINT, CONFIG, EVALUATION, read_metrics
 
 LAUNCH, STOP_REQUESTED, LOG = "launch.json", "stop_requested", "train.log"
 RUNNING, FINISHED, STOPPED, FAILED = "running", "finished", "stopped", "failed"
@@ -105,12 +105,8 @@ class Run:
         return (self.path / CONFIG).stat().st_mtime if (self.path / CONFIG).exists() else 0.0
 
     def metrics(self) -> list:
-        """The records written so far. A line still being written, without its newline, is left out."""
-        path = self.path / METRICS
-        if not path.exists():
-            return []
-        complete = path.read_text().rpartition("\n")[0]
-        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+        """The records written so far (see training.read_metrics)."""
+        return read_metrics(self.path)
 
     def evaluation(self) -> dict | None:
         """Test accuracy and its interval, once the run has finished (None while evaluation.json is written)."""

@@ -132,10 +132,12 @@ def peak_memory_mb() -> float:
 
 
 def read_metrics(run_dir: Path) -> list:
+    """The records written so far. A line still being written, without its newline, is left out."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    complete = path.read_text().rpartition("\n")[0]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def _save(run_dir: Path, model, optimizer, config: Config, iteration: int) -> None:
