@@ -5,6 +5,7 @@ rather than sampled: a few gradient steps on the drawings, recorded step by step
 plot how the support loss falls, then class probabilities of a query before and after those steps.
 """
 
+import os
 import re
 import tempfile
 from contextlib import contextmanager
@@ -15,7 +16,6 @@ import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from . import maml
 from .checkpoints import CheckpointError, load_checkpoint
 from .omniglot import Omniglot
 
@@ -57,27 +57,34 @@ def adapt_and_classify(model, support_x: torch.Tensor, support_y: torch.Tensor, 
     check_supports(model, support_y)
     query_x = support_x[:0] if query_x is None else query_x
     inputs, supports = torch.cat([support_x, query_x]), len(support_x)
-    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def support_loss(params):  # the queries ride along: batch norm ignores them and so does the loss
+        logits = functional_call(model, params, (inputs, supports))
+        return F.cross_entropy(logits[:supports], support_y), logits
+
+    params = {name: p.detach().requires_grad_() for name, p in model.named_parameters()}
     losses, accuracies, query_probabilities = [], [], []
     for step in range(steps + 1):
-        if step:
-            params = maml.adapt(model, params, support_x, support_y, inner_lr, steps=1, first_order=True)
-        with torch.no_grad():  # one forward for the support's metrics and the queries, as maml.query_logits
-            logits = functional_call(model, params, (inputs, supports))
-        losses.append(F.cross_entropy(logits[:supports], support_y).item())
+        with torch.set_grad_enabled(step < steps):  # the same forward gives this step's metrics and the queries'
+            loss, logits = support_loss(params)
+        losses.append(loss.item())
         accuracies.append((logits[:supports].argmax(-1) == support_y).float().mean().item())
         if step in (0, steps):
-            query_probabilities.append(logits[supports:].softmax(-1))
+            query_probabilities.append(logits[supports:].detach().softmax(-1))
+        if step < steps:  # Eq. 1, first order: plain autograd, faster here than torch.func's transforms
+            grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+            params = {name: (params[name] - inner_lr * grads[name]).detach().requires_grad_() for name in params}
     return Adaptation(params, losses, accuracies, query_probabilities[0], query_probabilities[-1])
 
 
 @contextmanager
-def one_thread():
-    """Runs torch on one CPU thread meanwhile. Adapting to a few drawings is a string of small operations: on
-    a busy machine (training runs beside the app) two threads wait on each other and take several times
-    longer than one; on an idle one they gain little."""
+def idle_threads():
+    """Runs torch meanwhile on as many threads as the machine has idle cores (at least one). Adapting to a
+    few drawings is a string of small operations: on an idle 2-core machine two threads cut its time by about
+    a quarter, but beside training runs that keep the cores busy, threads wait on each other and take several
+    times longer than one."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(1, min(threads, round(os.cpu_count() - os.getloadavg()[0]))))
     try:
         yield
     finally:

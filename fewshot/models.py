@@ -26,9 +26,11 @@ class TaskBatchNorm(nn.Module):
     def forward(self, x: torch.Tensor, n_stats: int | None = None) -> torch.Tensor:
         reference = x if n_stats is None else x[:n_stats]
         dims = [0] + list(range(2, x.dim()))  # all but the feature dimension
-        var, mean = torch.var_mean(reference, dims, unbiased=False, keepdim=True)
+        mean = reference.mean(dims, keepdim=True)
+        var = (reference - mean).square().mean(dims, keepdim=True)  # on the CPU many times faster than var_mean
         shape = [1, -1] + [1] * (x.dim() - 2)
-        return (x - mean) / torch.sqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+        scale = torch.rsqrt(var + self.eps) * self.weight.view(shape)
+        return (x - mean) * scale + self.bias.view(shape)
 
 
 class Block(nn.Module):

@@ -18,7 +18,7 @@ from streamlit_drawable_canvas import st_canvas  # imported here only: it needs 
 
 from fewshot import runs
 from fewshot.adaptation import (adapt_and_classify, adaptation_settings, find_checkpoints, load_uploaded_checkpoint,
-                                omniglot_examples, one_thread, ways_of)
+                                omniglot_examples, idle_threads, ways_of)
 from fewshot.adaptation_plots import adaptation_curves, probability_bars
 from fewshot.checkpoints import CheckpointError, load_checkpoint
 from fewshot.config import REPO_ROOT, Config
@@ -311,7 +311,7 @@ with result_column:
     query_x = None if query is None else torch.from_numpy(query).float()[None, None]
     try:  # adapting again at each rerun gives the same result as the first time, in well under a second
         tick = time.perf_counter()
-        with one_thread():
+        with idle_threads():
             adaptation = adapt_and_classify(model, support_x, support_y, inner_lr, steps, query_x)
         milliseconds = 1000 * (time.perf_counter() - tick)
     except ValueError as error:

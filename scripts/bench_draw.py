@@ -11,13 +11,14 @@ import os
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fewshot.adaptation import adapt_and_classify, find_checkpoints, one_thread  # noqa: E402
+from fewshot.adaptation import adapt_and_classify, find_checkpoints, idle_threads  # noqa: E402
 from fewshot.checkpoints import load_checkpoint  # noqa: E402
 from fewshot.models import build_model  # noqa: E402
 from fewshot.runs import checkpoints_dir, runs_root  # noqa: E402
@@ -29,7 +30,7 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--steps", type=int, help="inner steps (default: the checkpoint's test_inner_steps)")
     parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: one, as the Draw page)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the idle cores, as the Draw page)")
     args = parser.parse_args()
 
     if args.threads:
@@ -47,14 +48,14 @@ def main() -> None:
     support_y = torch.arange(ways).repeat_interleave(args.shots)
     query_x = torch.rand(1, 1, 28, 28)
 
-    def draw_page_work():
-        if args.threads:
-            adapt_and_classify(model, support_x, support_y, metadata["inner_lr"], steps, query_x)
-        else:
-            with one_thread():  # as the Draw page does
-                adapt_and_classify(model, support_x, support_y, metadata["inner_lr"], steps, query_x)
+    threads = set()
 
-    draw_page_work()  # warm-up: torch.func's first call takes seconds
+    def draw_page_work():
+        with nullcontext() if args.threads else idle_threads():  # as the Draw page does
+            threads.add(torch.get_num_threads())
+            adapt_and_classify(model, support_x, support_y, metadata["inner_lr"], steps, query_x)
+
+    draw_page_work()  # warm-up
     wall, cpu = [], []
     for _ in range(args.repeats):
         tick, cpu_tick = time.perf_counter(), time.process_time()
@@ -62,7 +63,7 @@ def main() -> None:
         wall.append(1000 * (time.perf_counter() - tick))
         cpu.append(1000 * (time.process_time() - cpu_tick))
     print(f"{source}\n{ways} ways x {args.shots} shots, {steps} inner steps, one query, "
-          f"{args.threads or 1} CPU thread(s), {args.repeats} repeats:\n"
+          f"{'/'.join(map(str, sorted(threads)))} CPU thread(s), {args.repeats} repeats:\n"
           f"adapt + classify before and after: median {statistics.median(wall):.1f} ms "
           f"(min {min(wall):.1f}); CPU time median {statistics.median(cpu):.1f} ms, all threads together")
     if os.getloadavg()[0] > os.cpu_count() / 2:

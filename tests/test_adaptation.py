@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from canvas_drawings import QUERY, SHAPES, canvas_image
 from fewshot.adaptation import (adapt_and_classify, adaptation_settings, find_checkpoints, load_uploaded_checkpoint,
-                                omniglot_examples, one_thread)
+                                omniglot_examples, idle_threads)
 from fewshot.checkpoints import CheckpointError, checkpoint_metadata, save_checkpoint
 from fewshot.config import Config
 from fewshot.drawing import drawing_to_ink
@@ -69,10 +69,15 @@ def test_support_sets_with_another_number_of_classes_are_refused(model, drawn_ta
         adapt_and_classify(model, support_x[keep], support_y[keep], 0.4, 1)
 
 
-def test_one_thread_restores_the_thread_count():
+def test_idle_threads_uses_idle_cores_and_restores_the_thread_count(monkeypatch):
     threads = torch.get_num_threads()
-    with one_thread():
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.2, 0.0, 0.0))  # busy: one thread
+    with idle_threads():
         assert torch.get_num_threads() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 0.0, 0.0))  # three idle cores
+    with idle_threads():
+        assert torch.get_num_threads() == min(3, threads)
     assert torch.get_num_threads() == threads
 
 
