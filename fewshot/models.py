@@ -24,13 +24,13 @@ class TaskBatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(features))
 
     def forward(self, x: torch.Tensor, n_stats: int | None = None) -> torch.Tensor:
-        reference = x if n_stats is None else x[:n_stats]
+        rows = slice(n_stats)  # the rows whose statistics are used: all when n_stats is None
         dims = [0] + list(range(2, x.dim()))  # all but the feature dimension
-        mean = reference.mean(dims, keepdim=True)
-        var = (reference - mean).square().mean(dims, keepdim=True)  # on the CPU many times faster than var_mean
+        mean = x[rows].mean(dims, keepdim=True)
+        centred = x - mean
+        var = centred[rows].square().mean(dims, keepdim=True)  # on the CPU many times faster than var_mean
         shape = [1, -1] + [1] * (x.dim() - 2)
-        scale = torch.rsqrt(var + self.eps) * self.weight.view(shape)
-        return (x - mean) * scale + self.bias.view(shape)
+        return centred * (torch.rsqrt(var + self.eps) * self.weight.view(shape)) + self.bias.view(shape)
 
 
 class Block(nn.Module):
