@@ -221,7 +221,8 @@ def start(config: Config, root: Path | None = None, comparison: str | None = Non
     name = f"{comparison or time.strftime('%Y%m%d-%H%M%S')}-{config.algorithm}"
     run_dir = _new_run_dir(Path(root or runs_root()).resolve(), name)
     command = [sys.executable, "-m", "fewshot", "train", "--run-dir", str(run_dir)] + config_arguments(config)
-    environment = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    environment = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                       TQDM_MININTERVAL="10")  # the log gets a progress line every 10 s, not every iteration
     with open(run_dir / LOG, "wb") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)

@@ -94,8 +94,8 @@ def train(config: Config, run_dir: Path, resume: bool = False, should_stop=None,
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
             records.append(record)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}", refresh=False)
+            bar.update(1)  # redraws at most every `mininterval` seconds (the app's runs: TQDM_MININTERVAL)
             if on_record:
                 on_record(record)
             if iteration % config.checkpoint_every == 0:

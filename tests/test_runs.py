@@ -38,6 +38,8 @@ def test_a_run_trains_in_its_own_process_to_the_end_and_is_evaluated(finished_ru
     assert finished_run.config().data_root == data_root and finished_run.config().iterations == 6
     assert finished_run.progress().iteration == 6 and finished_run.progress().seconds_left == 0
     assert runs.list_runs(finished_run.path.parent) == [finished_run]
+    log = (finished_run.path / runs.LOG).read_text()
+    assert log.count("/6 [") < 6, log  # tqdm's progress line at most every 10 s, not at each iteration
 
 
 def test_stop_ends_a_run_after_its_iteration_and_keeps_what_it_learned(tmp_path, tiny_config):
