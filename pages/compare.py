@@ -56,7 +56,8 @@ if not all_runs:
     st.info("No runs yet: start a comparison above, or train on the Train page.")
     st.stop()
 default = [name for name in st.session_state.get("compare_runs", []) if name in by_name]
-default = default or [run.name for run in runs.latest_comparison(all_runs)]
+default = default or [run.name for run in  # else the last comparison, else the shipped checkpoints' runs
+                      runs.latest_comparison(all_runs) or runs.list_runs(runs.shipped_runs_root())]
 chosen = st.multiselect("Runs to overlay", list(by_name), default=default,
                         format_func=lambda name: by_name[name].label(),
                         help="Any past or running runs; a new comparison is chosen for you.")

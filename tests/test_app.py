@@ -168,6 +168,23 @@ def test_compare_page_runs_both_orders_side_by_side_and_stops_them(data_root):
     assert not app.exception
 
 
+def test_compare_page_on_a_fresh_machine_shows_the_shipped_checkpoints_runs(tmp_path, monkeypatch):
+    """No dataset and no run of its own: the curves of the shipped MAML and FOMAML checkpoints, chosen for it."""
+    monkeypatch.setenv("FEWSHOT_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("FEWSHOT_CHECKPOINTS", str(Path(APP).parent / "checkpoints"))
+    app = open_page("pages/compare.py")
+    shipped = runs.list_runs(runs.shipped_runs_root())
+    assert sorted(run.config().algorithm for run in shipped) == ["fomaml", "maml"]
+    assert all(run.status() == runs.FINISHED for run in shipped)
+    assert sorted(app.multiselect[0].value) == sorted(run.name for run in shipped)
+    points = chart_points(app)
+    for algorithm, run in ((run.config().algorithm.upper(), run) for run in shipped):
+        validations = [record for record in run.metrics() if "val_accuracy" in record]
+        assert points[f"{algorithm} · meta-train"] > 1000 and points[f"{algorithm} · validation"] == len(validations)
+    assert sorted(app.dataframe[0].value["algorithm"]) == ["fomaml", "maml"]
+    assert not app.exception
+
+
 def test_app_without_the_dataset_starts_and_says_how_to_get_omniglot(tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSHOT_DATA", str(tmp_path / "empty"))
     app = open_page()

@@ -1,5 +1,6 @@
 """Every checkpoint in checkpoints/ loads, matches the model card's tables, and (with the data) its accuracy."""
 
+import json
 import math
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ from fewshot.checkpoints import load_checkpoint
 from fewshot.evaluation import evaluate
 from fewshot.omniglot import split_characters
 from fewshot.tasks import TaskSampler
+from fewshot.training import read_metrics
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 RECHECK_TASKS = 100
@@ -40,6 +42,16 @@ def test_metadata_matches_the_card(row):
     assert (metadata["ways"], metadata["shots"], metadata["split"], metadata["iterations"]) == (
         int(row["ways"]), int(row["trained shots"]), row["split"], int(row["iterations"]))
     assert metadata["inner_lr"] == float(row["inner lr"]) and metadata["inner_steps"] == int(row["inner steps"])
+
+
+@pytest.mark.parametrize("run", sorted((CHECKPOINTS / "runs").iterdir()), ids=lambda path: path.name)
+def test_shipped_curves_are_those_of_the_shipped_checkpoints(run):
+    """checkpoints/runs/<name>/ holds the run that made <name>.safetensors, for the Compare page."""
+    _, metadata = load_checkpoint(CHECKPOINTS / f"{run.name}.safetensors")
+    config, records = json.loads((run / "config.json").read_text()), read_metrics(run)
+    assert all(config[key] == metadata[key] for key in ("algorithm", "ways", "shots", "inner_lr", "seed"))
+    assert config["iterations"] == metadata["iterations"] == records[-1]["iteration"] == len(records)
+    assert json.loads((run / "evaluation.json").read_text()) == metadata["accuracy"][f"{metadata['ways']}w1s"]
 
 
 @pytest.mark.slow
