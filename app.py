@@ -2,6 +2,9 @@
 
 import streamlit as st
 
+from fewshot.memory import keep_freed_memory
+
+keep_freed_memory()  # the Draw page's adaptation: 15-25 % faster (see fewshot/memory.py)
 st.set_page_config(page_title="fewshot: MAML on Omniglot", page_icon=":material/draw:", layout="wide")
 
 pages = [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),

@@ -9,6 +9,7 @@ from pathlib import Path
 from .checkpoints import CheckpointError, load_checkpoint, record_accuracy
 from .config import Config
 from .evaluation import evaluate
+from .memory import keep_freed_memory
 from .omniglot import DatasetNotFound, load_omniglot, split_characters
 from .tasks import TaskSampler
 
@@ -70,6 +71,7 @@ def bench_command(args) -> None:
 
 
 def main(argv=None) -> None:
+    keep_freed_memory()  # meta-training and evaluation: 15-25 % faster (see memory.py)
     parser = argparse.ArgumentParser(prog="python -m fewshot", description=__doc__.strip())
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fewshot.adaptation import adapt_and_classify, find_checkpoints, idle_threads  # noqa: E402
 from fewshot.checkpoints import load_checkpoint  # noqa: E402
+from fewshot.memory import keep_freed_memory  # noqa: E402
 from fewshot.models import build_model  # noqa: E402
 from fewshot.runs import checkpoints_dir, runs_root  # noqa: E402
 
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the idle cores, as the Draw page)")
     args = parser.parse_args()
 
+    keep_freed_memory()  # as the app does
     if args.threads:
         torch.set_num_threads(args.threads)
     found = [Path(args.checkpoint)] if args.checkpoint else find_checkpoints(checkpoints_dir(), runs_root())
