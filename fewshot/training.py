@@ -67,6 +67,8 @@ def train(config: Config, run_dir: Path, resume: bool = False, should_stop=None,
     model = initial_model(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
     start, seconds = _restore(run_dir, model, optimizer) if resume else (0, 0.0)
+    for group in optimizer.param_groups:  # the configuration's, not the saved one: --resume --outer-lr lowers it
+        group["lr"] = config.outer_lr
     if not resume:
         (run_dir / METRICS).write_text("")
     config.save(run_dir / CONFIG)

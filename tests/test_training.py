@@ -50,6 +50,18 @@ def test_stop_then_resume_gives_the_uninterrupted_curve(tiny_config, tmp_path):
     assert losses(read_metrics(tmp_path / "run")) == losses(uninterrupted)
 
 
+def test_resume_with_another_outer_learning_rate_uses_it(tiny_config, tmp_path):
+    """A learning-rate drop: the first 3 iterations as a run of 6, the last 3 as a run resumed at a lower rate."""
+    high, low = tiny_config.outer_lr, tiny_config.outer_lr / 10
+    train(dataclasses.replace(tiny_config, iterations=3), tmp_path / "drop", progress=False)
+    train(dataclasses.replace(tiny_config, outer_lr=low), tmp_path / "drop", resume=True, progress=False)
+    train(dataclasses.replace(tiny_config, iterations=3), tmp_path / "same", progress=False)
+    train(dataclasses.replace(tiny_config, outer_lr=high), tmp_path / "same", resume=True, progress=False)
+    dropped, same = losses(read_metrics(tmp_path / "drop")), losses(read_metrics(tmp_path / "same"))
+    assert dropped[:4] == same[:4] and dropped[4:] != same[4:]  # iteration 4 is the first at the new rate
+    assert Config.load(tmp_path / "drop" / "config.json").outer_lr == low
+
+
 def test_learn2learn_engine_gives_the_same_curve(tiny_config, tmp_path):
     ours = train(tiny_config, tmp_path / "fewshot", progress=False)
     notebook = train(dataclasses.replace(tiny_config, engine="learn2learn"), tmp_path / "l2l", progress=False)
