@@ -1,8 +1,9 @@
 """Adapting a meta-learned model to new classes someone drew, and classifying new drawings with it.
 
-This is MAML's test time (maml.adapt, maml.query_logits) for a single task whose support set is given
-rather than sampled: a few gradient steps on the drawings, recorded step by step so that the app can
-plot how the support loss falls, then class probabilities of a query before and after those steps.
+This is MAML's test time for a single task whose support set is given rather than sampled: the math of
+maml.adapt (first order) and maml.query_logits, a few gradient steps on the drawings recorded step by step so
+that the app can plot how the support loss falls, then class probabilities of a query before and after those
+steps. It is written with plain autograd rather than torch.func, which is faster for one task on the CPU.
 """
 
 import os

@@ -142,7 +142,7 @@ class Run:
         log = self.path / LOG
         if not log.exists():
             return None
-        with open(log, "rb") as f:  # the end of the log only: it holds a progress line per iteration
+        with open(log, "rb") as f:  # the end of the log only: a long run's log holds many progress lines
             f.seek(max(0, log.stat().st_size - 4096))
             lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
         return lines[-1].strip() if lines else None

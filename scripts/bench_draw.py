@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fewshot.adaptation import adapt_and_classify, find_checkpoints, idle_threads  # noqa: E402
+from fewshot.adaptation import adapt_and_classify, find_checkpoints, idle_threads, ways_of  # noqa: E402
 from fewshot.checkpoints import load_checkpoint  # noqa: E402
 from fewshot.memory import keep_freed_memory  # noqa: E402
 from fewshot.models import build_model  # noqa: E402
@@ -44,7 +44,7 @@ def main() -> None:
     else:
         model, metadata = build_model("conv", 5), {"inner_lr": 0.4, "test_inner_steps": 3}
         source = "a freshly initialised conv net (no checkpoint found)"
-    ways = model.classifier.out_features
+    ways = ways_of(model)
     steps = metadata["test_inner_steps"] if args.steps is None else args.steps
     support_x = torch.rand(ways * args.shots, 1, 28, 28)
     support_y = torch.arange(ways).repeat_interleave(args.shots)
