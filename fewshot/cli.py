@@ -48,13 +48,15 @@ def train_command(args) -> None:
 
 
 def evaluate_command(args) -> None:
+    if args.record and args.transductive:
+        sys.exit("error: --record keeps the protocol the app uses (support statistics); drop --transductive")
     model, metadata = load_checkpoint(Path(args.checkpoint))
     data = load_omniglot(args.data_root or Config().data_root)
     split = args.split or metadata["split"]
     shots = args.shots or metadata["shots"]
     steps = metadata["test_inner_steps"] if args.inner_steps is None else args.inner_steps
     sampler = TaskSampler(data.ink, split_characters(data, split)["test"], metadata["ways"], shots, args.queries)
-    result = evaluate(model, sampler, metadata["inner_lr"], steps, args.tasks)
+    result = evaluate(model, sampler, metadata["inner_lr"], steps, args.tasks, transductive=args.transductive)
     print(f"{Path(args.checkpoint).name}: {metadata['ways']}-way {shots}-shot on {split}/test: {result}")
     if args.record:
         record_accuracy(Path(args.checkpoint), {"split": f"{split}/test", **result.to_dict()})
@@ -88,6 +90,9 @@ def main(argv=None) -> None:
     evaluate_parser.add_argument("--inner-steps", type=int, help="test-time inner steps (default: as trained)")
     evaluate_parser.add_argument("--split", choices=("lake", "maml-paper"), help="default: as trained")
     evaluate_parser.add_argument("--data-root", help="folder holding omniglot-py/")
+    evaluate_parser.add_argument("--transductive", action="store_true",
+                                 help="batch norm normalises the queries with their own statistics, as the MAML "
+                                      "paper's code does, not with the support set's (the app's way)")
     evaluate_parser.add_argument("--record", action="store_true", help="write the result into the checkpoint")
 
     bench_parser = commands.add_parser("bench", help="seconds per iteration: learn2learn loop vs this engine")

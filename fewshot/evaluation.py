@@ -21,6 +21,7 @@ class Evaluation:
     ways: int
     shots: int
     queries: int
+    transductive: bool = False  # batch norm used the queries' statistics, not the support set's
 
     @property
     def task(self) -> str:
@@ -30,8 +31,9 @@ class Evaluation:
         return asdict(self)
 
     def __str__(self) -> str:
+        statistics = ", transductive batch norm" if self.transductive else ""
         return (f"accuracy {100 * self.accuracy:.2f} % +- {100 * self.ci95:.2f} % (95 % interval, "
-                f"{self.tasks} tasks, {self.inner_steps} inner steps)")
+                f"{self.tasks} tasks, {self.inner_steps} inner steps{statistics})")
 
 
 def confidence_interval(values: torch.Tensor) -> tuple[float, float]:
@@ -43,14 +45,14 @@ def confidence_interval(values: torch.Tensor) -> tuple[float, float]:
 
 
 def adapted_task_metrics(model, sampler: TaskSampler, tasks: int, seed: int, inner_lr: float, steps: int,
-                         chunk: int = 100, on_progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+                         chunk: int = 100, on_progress=None, transductive: bool = False):
     """Query loss and accuracy of each of `tasks` tasks after `steps` inner steps: two tensors of [tasks]."""
     losses, accuracies = [], []
     parameter = next(model.parameters())
     for start in range(0, tasks, chunk):
         batch = sampler.sample(min(chunk, tasks - start), seed=seed + start).to(parameter.dtype, parameter.device)
         with torch.no_grad():  # no meta-gradient; torch.func still takes the inner gradients
-            task_loss, task_accuracy = maml.task_losses(model, batch, inner_lr, steps, first_order=True)
+            task_loss, task_accuracy = maml.task_losses(model, batch, inner_lr, steps, True, transductive)
         losses.append(task_loss.cpu())
         accuracies.append(task_accuracy.cpu())
         if on_progress:
@@ -59,8 +61,9 @@ def adapted_task_metrics(model, sampler: TaskSampler, tasks: int, seed: int, inn
 
 
 def evaluate(model, sampler: TaskSampler, inner_lr: float, steps: int, tasks: int = 600,
-             seed: int = TEST_SEED, on_progress=None) -> Evaluation:
-    losses, accuracies = adapted_task_metrics(model, sampler, tasks, seed, inner_lr, steps, on_progress=on_progress)
+             seed: int = TEST_SEED, on_progress=None, transductive: bool = False) -> Evaluation:
+    losses, accuracies = adapted_task_metrics(model, sampler, tasks, seed, inner_lr, steps,
+                                              on_progress=on_progress, transductive=transductive)
     accuracy, ci95 = confidence_interval(accuracies)
     return Evaluation(accuracy, ci95, losses.mean().item(), tasks, steps, sampler.ways, sampler.shots,
-                      sampler.queries)
+                      sampler.queries, transductive)

@@ -39,23 +39,30 @@ def adapt(model, params: dict, support_x, support_y, inner_lr: float, steps: int
     return params
 
 
-def query_logits(model, params: dict, support_x, query_x) -> torch.Tensor:
-    """Logits for the queries, batch norm using the support set's statistics (see models.py)."""
+def query_logits(model, params: dict, support_x, query_x, transductive: bool = False) -> torch.Tensor:
+    """Logits for the queries, batch norm using the support set's statistics (see models.py).
+
+    `transductive` uses the queries' own statistics instead, as the MAML reference code does: a query's
+    prediction then depends on the other queries, so the evaluation can report the paper's protocol.
+    """
+    if transductive:
+        return functional_call(model, params, (query_x,))
     logits = functional_call(model, params, (torch.cat([support_x, query_x]), len(support_x)))
     return logits[len(support_x):]
 
 
-def task_query_loss(model, params, support_x, support_y, query_x, query_y, inner_lr, steps, first_order):
+def task_query_loss(model, params, support_x, support_y, query_x, query_y, inner_lr, steps, first_order,
+                    transductive=False):
     """L_Ti(f_theta'_i(x_q), y_q) and query accuracy for one task, theta'_i adapted from `params`."""
     adapted = adapt(model, params, support_x, support_y, inner_lr, steps, first_order)
-    logits = query_logits(model, adapted, support_x, query_x)
+    logits = query_logits(model, adapted, support_x, query_x, transductive)
     return F.cross_entropy(logits, query_y), (logits.argmax(-1) == query_y).float().mean()
 
 
-def task_losses(model, batch: TaskBatch, inner_lr: float, steps: int, first_order: bool):
+def task_losses(model, batch: TaskBatch, inner_lr: float, steps: int, first_order: bool, transductive=False):
     """Query loss and accuracy of every task of the batch after adaptation: two tensors of [tasks]."""
-    per_task = vmap(partial(task_query_loss, model, inner_lr=inner_lr, steps=steps, first_order=first_order),
-                    in_dims=(None, 0, 0, 0, 0))
+    per_task = vmap(partial(task_query_loss, model, inner_lr=inner_lr, steps=steps, first_order=first_order,
+                            transductive=transductive), in_dims=(None, 0, 0, 0, 0))
     params = dict(model.named_parameters())
     return per_task(params, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
 

@@ -31,6 +31,11 @@ def test_train_then_evaluate(data_root, tmp_path):
     assert "5-way 2-shot on lake/test: accuracy" in output and "20 tasks" in output
     recorded = load_checkpoint(run / "checkpoint.safetensors")[1]["accuracy"]["5w2s"]
     assert recorded["tasks"] == 20 and recorded["queries"] == 5 and f"{100 * recorded['accuracy']:.2f} %" in output
+    transductive = fewshot("evaluate", run / "checkpoint.safetensors", "--data-root", data_root, "--tasks", 20,
+                           "--shots", 2, "--transductive").stdout
+    assert "5-way 2-shot on lake/test: accuracy" in transductive and "transductive batch norm" in transductive
+    refused = fewshot("evaluate", run / "checkpoint.safetensors", "--transductive", "--record", check=False)
+    assert refused.returncode != 0 and "drop --transductive" in refused.stderr
     refused = fewshot("train", "--run-dir", run, "--data-root", data_root, check=False)
     assert refused.returncode != 0 and "--resume" in refused.stderr
 

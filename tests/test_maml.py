@@ -47,3 +47,16 @@ def test_adaptation_fits_the_support_set():
     before = maml.loss(model, params, batch.support_x[0], batch.support_y[0])
     adapted = maml.adapt(model, params, batch.support_x[0], batch.support_y[0], 0.4, 10, first_order=True)
     assert maml.loss(model, adapted, batch.support_x[0], batch.support_y[0]) < before / 2
+
+
+def test_transductive_queries_use_their_own_statistics():
+    """Support statistics: a query's logits ignore the other queries. Transductive: they do not."""
+    torch.manual_seed(0)
+    model = build_model("conv", 5, channels=8, blocks=2).double()
+    params = dict(model.named_parameters())
+    support, queries = torch.rand(5, 28, 28).double(), torch.rand(10, 28, 28).double()
+    for transductive in (False, True):
+        all_queries = maml.query_logits(model, params, support, queries, transductive)
+        half = maml.query_logits(model, params, support, queries[:5], transductive)
+        assert torch.allclose(all_queries[:5], half) != transductive
+    assert torch.allclose(maml.query_logits(model, params, support, queries, True), model(queries))
