@@ -54,15 +54,30 @@ def test_shipped_curves_are_those_of_the_shipped_checkpoints(run):
     assert json.loads((run / "evaluation.json").read_text()) == metadata["accuracy"][f"{metadata['ways']}w1s"]
 
 
+def row_id(row: dict) -> str:
+    return f"{row['file']}-{row['task']}-{row['batch norm']}"
+
+
+@pytest.mark.parametrize("row", [row for row in card_table("Accuracy") if row["batch norm"] == "support"], ids=row_id)
+def test_card_accuracy_is_the_recorded_evaluation(row):
+    """The app's protocol rows are what `evaluate --record` wrote into the checkpoint."""
+    recorded = load_checkpoint(CHECKPOINTS / row["file"])[1]["accuracy"][row["task"]]
+    assert (f"{100 * recorded['accuracy']:.2f}", f"±{100 * recorded['ci95']:.2f}") == (
+        row["accuracy %"], row["95 % interval"])
+    assert (recorded["tasks"], recorded["queries"], recorded["inner_steps"]) == (
+        int(row["tasks"]), int(row["queries"]), int(row["inner steps"]))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("row", card_table("Accuracy"), ids=lambda row: f"{row['file']}-{row['task']}")
+@pytest.mark.parametrize("row", card_table("Accuracy"), ids=row_id)
 def test_accuracy_is_consistent_with_the_card(row, omniglot):
     """The first 100 of the card's 600 test tasks: within the card's interval, widened for 100 tasks."""
     model, metadata = load_checkpoint(CHECKPOINTS / row["file"])
     ways, shots = map(int, re.fullmatch(r"(\d+)w(\d+)s", row["task"]).groups())
     test = split_characters(omniglot, metadata["split"])["test"]
     sampler = TaskSampler(omniglot.ink, test, ways, shots, int(row["queries"]))
-    result = evaluate(model, sampler, metadata["inner_lr"], int(row["inner steps"]), tasks=RECHECK_TASKS)
+    result = evaluate(model, sampler, metadata["inner_lr"], int(row["inner steps"]), tasks=RECHECK_TASKS,
+                      transductive=row["batch norm"] == "queries")
     card_accuracy, card_ci = float(row["accuracy %"]) / 100, float(row["95 % interval"].lstrip("±")) / 100
     widened = max(card_ci, 0.005) * math.sqrt(int(row["tasks"]) / RECHECK_TASKS) * 1.5
     assert abs(result.accuracy - card_accuracy) <= widened, (result.accuracy, card_accuracy, widened)
