@@ -52,7 +52,8 @@ def adapted_task_metrics(model, sampler: TaskSampler, tasks: int, seed: int, inn
     for start in range(0, tasks, chunk):
         batch = sampler.sample(min(chunk, tasks - start), seed=seed + start).to(parameter.dtype, parameter.device)
         with torch.no_grad():  # no meta-gradient; torch.func still takes the inner gradients
-            task_loss, task_accuracy = maml.task_losses(model, batch, inner_lr, steps, True, transductive)
+            task_loss, task_accuracy = maml.task_losses(model, batch, inner_lr, steps, first_order=True,
+                                                        transductive=transductive)
         losses.append(task_loss.cpu())
         accuracies.append(task_accuracy.cpu())
         if on_progress:

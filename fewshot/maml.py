@@ -59,7 +59,8 @@ def task_query_loss(model, params, support_x, support_y, query_x, query_y, inner
     return F.cross_entropy(logits, query_y), (logits.argmax(-1) == query_y).float().mean()
 
 
-def task_losses(model, batch: TaskBatch, inner_lr: float, steps: int, first_order: bool, transductive=False):
+def task_losses(model, batch: TaskBatch, inner_lr: float, steps: int, first_order: bool,
+                transductive: bool = False):
     """Query loss and accuracy of every task of the batch after adaptation: two tensors of [tasks]."""
     per_task = vmap(partial(task_query_loss, model, inner_lr=inner_lr, steps=steps, first_order=first_order,
                             transductive=transductive), in_dims=(None, 0, 0, 0, 0))
