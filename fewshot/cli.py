@@ -50,14 +50,17 @@ def train_command(args) -> None:
 def evaluate_command(args) -> None:
     if args.record and args.transductive:
         sys.exit("error: --record keeps the protocol the app uses (support statistics); drop --transductive")
+    if args.record and args.characters != "test":
+        sys.exit("error: --record keeps test accuracy only; drop --characters val")
     model, metadata = load_checkpoint(Path(args.checkpoint))
     data = load_omniglot(args.data_root or Config().data_root)
     split = args.split or metadata["split"]
     shots = args.shots or metadata["shots"]
     steps = metadata["test_inner_steps"] if args.inner_steps is None else args.inner_steps
-    sampler = TaskSampler(data.ink, split_characters(data, split)["test"], metadata["ways"], shots, args.queries)
+    characters = split_characters(data, split)[args.characters]
+    sampler = TaskSampler(data.ink, characters, metadata["ways"], shots, args.queries)
     result = evaluate(model, sampler, metadata["inner_lr"], steps, args.tasks, transductive=args.transductive)
-    print(f"{Path(args.checkpoint).name}: {metadata['ways']}-way {shots}-shot on {split}/test: {result}")
+    print(f"{Path(args.checkpoint).name}: {metadata['ways']}-way {shots}-shot on {split}/{args.characters}: {result}")
     if args.record:
         record_accuracy(Path(args.checkpoint), {"split": f"{split}/test", **result.to_dict()})
         print(f"recorded in the checkpoint's metadata as accuracy[{result.task!r}]")
@@ -89,6 +92,9 @@ def main(argv=None) -> None:
     evaluate_parser.add_argument("--queries", type=int, default=5, help="queries per class (default: 5)")
     evaluate_parser.add_argument("--inner-steps", type=int, help="test-time inner steps (default: as trained)")
     evaluate_parser.add_argument("--split", choices=("lake", "maml-paper"), help="default: as trained")
+    evaluate_parser.add_argument("--characters", choices=("test", "val"), default="test",
+                                 help="test: the split's test characters (default); val: its held-out training-"
+                                      "set characters, never trained on (for lake: the background alphabets)")
     evaluate_parser.add_argument("--data-root", help="folder holding omniglot-py/")
     evaluate_parser.add_argument("--transductive", action="store_true",
                                  help="batch norm normalises the queries with their own statistics, as the MAML "
