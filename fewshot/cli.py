@@ -93,8 +93,8 @@ def main(argv=None) -> None:
     evaluate_parser.add_argument("--inner-steps", type=int, help="test-time inner steps (default: as trained)")
     evaluate_parser.add_argument("--split", choices=("lake", "maml-paper"), help="default: as trained")
     evaluate_parser.add_argument("--characters", choices=("test", "val"), default="test",
-                                 help="test: the split's test characters (default); val: its held-out training-"
-                                      "set characters, never trained on (for lake: the background alphabets)")
+                                 help="test: the split's test characters (default); val: those it holds out from "
+                                      "meta-training, never trained on (lake: 100 background characters)")
     evaluate_parser.add_argument("--data-root", help="folder holding omniglot-py/")
     evaluate_parser.add_argument("--transductive", action="store_true",
                                  help="batch norm normalises the queries with their own statistics, as the MAML "
