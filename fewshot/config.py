@@ -41,6 +41,8 @@ class Config:
     queries: int = _option(5, "query examples per class, used for the outer loss")
     split: str = _option("lake", "lake (background/evaluation alphabets) or maml-paper (1200/423 characters)",
                          ("lake", "maml-paper"))
+    augment: str = _option("none", "random changes to each meta-training drawing: none, or affine (shift up to "
+                                   "2 pixels, scale by 0.9 to 1.1, rotate up to 10 degrees)", ("none", "affine"))
     data_root: str = _option("", "folder holding omniglot-py/ (default: env FEWSHOT_DATA, ./data/omniglot, ../shared/omniglot)")
     # The inner loop: theta'_i = theta - inner_lr * grad L_Ti(theta), inner_steps times
     inner_steps: int = _option(1, "gradient steps on each task's support set while meta-training")
@@ -52,6 +54,8 @@ class Config:
     engine: str = _option("fewshot", "fewshot (torch.func, vmapped) or learn2learn (the notebook's loop)",
                           ("fewshot", "learn2learn"))
     seed: int = _option(0, "seed of the initial weights and of the task sequence")
+    init_from: str = _option("", "checkpoint whose weights start the run instead of random ones; a classifier "
+                                 "for another number of ways starts random (default: none)")
     # Monitoring
     val_every: int = _option(25, "iterations between validations")
     val_tasks: int = _option(64, "held-out tasks per validation")

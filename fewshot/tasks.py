@@ -6,7 +6,12 @@ its own, as in the MAML paper. The rotation is drawn for each class of a task in
 
 from dataclasses import dataclass
 
+import math
+
 import torch
+from torch.nn import functional as F
+
+AFFINE_SHIFT, AFFINE_SCALE, AFFINE_DEGREES = 2 / 28, 0.1, 10  # shift as a fraction of the image; scale +-; degrees +-
 
 
 @dataclass
@@ -35,10 +40,13 @@ class TaskSampler:
     """Draws tasks from a set of characters; the same seed always gives the same tasks."""
 
     def __init__(self, ink: torch.Tensor, characters: list, ways: int, shots: int, queries: int,
-                 rotations: bool = True):
-        """`ink` holds all drawings, [characters, drawings, 28, 28]; `characters` are the rows to use."""
+                 rotations: bool = True, augment: str = "none"):
+        """`ink` holds all drawings, [characters, drawings, 28, 28]; `characters` are the rows to use.
+
+        `augment="affine"` shifts, scales and rotates every drawing a little, at random, each time it is drawn.
+        """
         self.ink, self.characters = ink, torch.as_tensor(characters)
-        self.ways, self.shots, self.queries = ways, shots, queries
+        self.ways, self.shots, self.queries, self.augment = ways, shots, queries, augment
         self.rotations = 4 if rotations else 1
         if ways > len(characters) * self.rotations:
             raise ValueError(f"{ways} ways need at least {ways} classes; this split has "
@@ -59,8 +67,20 @@ class TaskSampler:
     def _drawings(self, class_index: int, generator: torch.Generator) -> torch.Tensor:
         character, quarter_turns = divmod(class_index, self.rotations)
         chosen = torch.randperm(self.ink.shape[1], generator=generator)[:self.shots + self.queries]
-        images = self.ink[self.characters[character], chosen]
-        return torch.rot90(images, quarter_turns, dims=(-2, -1))
+        images = torch.rot90(self.ink[self.characters[character], chosen], quarter_turns, dims=(-2, -1))
+        return random_affine(images, generator) if self.augment == "affine" else images
 
     def _labels(self, tasks: int, per_class: int) -> torch.Tensor:
         return torch.arange(self.ways).repeat_interleave(per_class).expand(tasks, -1).contiguous()
+
+
+def random_affine(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each of `images` [n, 28, 28] shifted, scaled and rotated a little, by its own random amounts."""
+    n = len(images)
+    uniform = lambda: 2 * torch.rand(n, generator=generator) - 1  # noqa: E731 (one draw in [-1, 1] per image)
+    angle, scale = uniform() * math.radians(AFFINE_DEGREES), 1 + uniform() * AFFINE_SCALE
+    shift_x, shift_y = uniform() * 2 * AFFINE_SHIFT, uniform() * 2 * AFFINE_SHIFT  # grid coordinates span 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1)
+    grid = F.affine_grid(theta, [n, 1, 28, 28], align_corners=False)
+    return F.grid_sample(images.unsqueeze(1), grid, align_corners=False).squeeze(1)

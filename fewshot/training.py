@@ -49,13 +49,29 @@ def task_seed(seed: int, iteration: int) -> int:
 
 def make_samplers(config: Config) -> dict:
     data = load_omniglot(config.data_root)
-    return {name: TaskSampler(data.ink, characters, config.ways, config.shots, config.queries)
+    return {name: TaskSampler(data.ink, characters, config.ways, config.shots, config.queries,
+                              augment=config.augment if name == "train" else "none")
             for name, characters in split_characters(data, config.split).items()}
 
 
 def initial_model(config: Config) -> torch.nn.Module:
     torch.manual_seed(config.seed)
     return build_model(config.backbone, config.ways, config.channels, config.blocks)
+
+
+def warm_start(model: torch.nn.Module, path: str) -> None:
+    """Copies a trained checkpoint's weights into `model`, all but a classifier of another shape.
+
+    A model meta-trained on 5-way tasks thus starts a 20-way run: its conv blocks are kept, and only the
+    20-way classifier starts from random weights.
+    """
+    trained, _ = load_checkpoint(Path(path))
+    own, weights = model.state_dict(), trained.state_dict()
+    body = [name for name in own if not name.startswith("classifier.")]
+    if set(own) != set(weights) or any(own[name].shape != weights[name].shape for name in body):
+        raise ValueError(f"{path} holds another network than this run's {type(model).__name__}: "
+                         f"--init-from needs the same backbone, channels and blocks")
+    model.load_state_dict({n: weights[n] if weights[n].shape == own[n].shape else own[n] for n in own})
 
 
 def train(config: Config, run_dir: Path, resume: bool = False, should_stop=None, on_record=None,
@@ -67,6 +83,8 @@ def train(config: Config, run_dir: Path, resume: bool = False, should_stop=None,
     model = initial_model(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
     start, seconds = _restore(run_dir, model, optimizer) if resume else (0, 0.0)
+    if start == 0 and config.init_from:
+        warm_start(model, config.init_from)
     for group in optimizer.param_groups:  # the configuration's, not the saved one: --resume --outer-lr lowers it
         group["lr"] = config.outer_lr
     if not resume:

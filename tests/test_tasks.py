@@ -51,3 +51,24 @@ def test_classes_stay_within_the_given_characters():
     batch = TaskSampler(ink, [2, 5, 7], ways=3, shots=1, queries=1, rotations=False).sample(20, seed=0)
     rows = {int(image.nonzero()[0][0]) for image in batch.support_x[:, :, 0].flatten(0, 1)}
     assert rows == {2, 5, 7}
+
+
+def test_affine_augmentation_moves_each_drawing_a_little_and_on_its_own():
+    ink = torch.zeros(12, 20, 28, 28)
+    ink[..., 11:17, 11:17] = 1.0  # a 6x6 square in the middle of every drawing
+    plain = TaskSampler(ink, list(range(12)), ways=5, shots=1, queries=5, rotations=False).sample(4, seed=0)
+    sampler = TaskSampler(ink, list(range(12)), ways=5, shots=1, queries=5, rotations=False, augment="affine")
+    batch = sampler.sample(4, seed=0)
+    assert torch.equal(batch.support_y, plain.support_y) and torch.equal(batch.query_y, plain.query_y)
+    assert torch.equal(batch.query_x, sampler.sample(4, seed=0).query_x)  # still reproducible from the seed
+    images = torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 2)  # [tasks * 30, 28, 28]
+    assert all(not torch.allclose(image, ink[0, 0], atol=1e-3) for image in images)
+    assert len({tuple(image.flatten().round(decimals=3).tolist()) for image in images}) == len(images)
+    mass = images.sum((1, 2))
+    assert ((mass > 0.75 * 36) & (mass < 1.3 * 36)).all()  # scaled by 0.9 to 1.1 in each direction
+    grid = torch.arange(28.0)
+    centre_row = (images.sum(2) * grid).sum(1) / mass
+    centre_column = (images.sum(1) * grid).sum(1) / mass
+    most = 2 * 1.1 + 0.05  # a shift of up to 2 pixels, enlarged by up to 1.1 with the drawing
+    assert ((centre_row - 13.5).abs() <= most).all() and ((centre_column - 13.5).abs() <= most).all()
+    assert (centre_row - 13.5).abs().max() > 1 and (centre_column - 13.5).abs().max() > 1

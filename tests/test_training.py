@@ -7,10 +7,11 @@ import sys
 import time
 
 import pytest
+import torch
 
 from fewshot.checkpoints import load_checkpoint
 from fewshot.config import Config
-from fewshot.training import read_metrics, train
+from fewshot.training import initial_model, read_metrics, train, warm_start
 
 
 def losses(records):
@@ -93,3 +94,25 @@ def test_fomaml_learns_on_real_omniglot(data_root, tmp_path):
     records = train(config, tmp_path, progress=False)
     validation = [r["val_accuracy"] for r in records if "val_accuracy" in r]
     assert validation[-1] > 0.5, validation
+
+
+def test_init_from_keeps_a_trained_body_and_gives_new_ways_a_fresh_classifier(tiny_config, tmp_path):
+    train(tiny_config, tmp_path / "five", progress=False)
+    trained, _ = load_checkpoint(tmp_path / "five" / "checkpoint.safetensors")
+    three_way = dataclasses.replace(tiny_config, ways=3, init_from=str(tmp_path / "five" / "checkpoint.safetensors"))
+    model = initial_model(three_way)
+    random_classifier = model.classifier.weight.clone()
+    warm_start(model, three_way.init_from)
+    for name, weight in trained.state_dict().items():
+        if not name.startswith("classifier."):
+            assert torch.equal(model.state_dict()[name], weight), name
+    assert torch.equal(model.classifier.weight, random_classifier)  # 3 ways: not the 5-way classifier
+    train(dataclasses.replace(three_way, iterations=2, test_tasks=0), tmp_path / "three", progress=False)
+    assert load_checkpoint(tmp_path / "three" / "checkpoint.safetensors")[1]["ways"] == 3
+
+
+def test_init_from_refuses_another_network(tiny_config, tmp_path):
+    train(dataclasses.replace(tiny_config, iterations=1, test_tasks=0), tmp_path / "small", progress=False)
+    wider = dataclasses.replace(tiny_config, channels=16, init_from=str(tmp_path / "small" / "checkpoint.safetensors"))
+    with pytest.raises(ValueError, match="same backbone, channels and blocks"):
+        train(wider, tmp_path / "wide", progress=False)
