@@ -12,6 +12,7 @@ from .evaluation import evaluate
 from .memory import keep_freed_memory
 from .omniglot import DatasetNotFound, load_omniglot, split_characters
 from .tasks import TaskSampler
+from .training import CONFIG, RunInUse, train
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +33,6 @@ def config_from_args(args, base: dict | None = None) -> Config:
 
 
 def train_command(args) -> None:
-    from .training import CONFIG, train
     run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     if args.resume:
         if not (run_dir / CONFIG).exists():
@@ -109,5 +109,5 @@ def main(argv=None) -> None:
     command = {"train": train_command, "evaluate": evaluate_command, "bench": bench_command}[args.command]
     try:
         command(args)
-    except (CheckpointError, DatasetNotFound, ValueError) as error:
+    except (CheckpointError, DatasetNotFound, RunInUse, ValueError) as error:
         sys.exit(f"error: {error}")

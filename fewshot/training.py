@@ -6,10 +6,12 @@ A run lives in a directory:
     checkpoint.safetensors  the model, with metadata (see checkpoints.py)
     optimizer.safetensors   Adam's state, to resume exactly
     evaluation.json         test accuracy with its 95 % interval, once training has finished
+    train.lock              locked while a process trains the run, so that a second one is refused
 Stopping (Ctrl-C, SIGTERM, or `should_stop()` returning True) ends the current iteration, saves, and
 returns; `resume=True` continues from the last checkpoint. The same seed gives the same curve on a CPU.
 """
 
+import fcntl
 import json
 import resource
 import signal
@@ -30,8 +32,9 @@ from .models import build_model
 from .omniglot import load_omniglot, split_characters
 from .tasks import TaskSampler
 
-CHECKPOINT, OPTIMIZER, METRICS, CONFIG, EVALUATION = (
-    "checkpoint.safetensors", "optimizer.safetensors", "metrics.jsonl", "config.json", "evaluation.json")
+CHECKPOINT, OPTIMIZER, METRICS, CONFIG, EVALUATION, LOCK = (
+    "checkpoint.safetensors", "optimizer.safetensors", "metrics.jsonl", "config.json", "evaluation.json",
+    "train.lock")
 
 
 def meta_backward_of(engine: str):
@@ -74,11 +77,23 @@ def warm_start(model: torch.nn.Module, path: str) -> None:
     model.load_state_dict({n: weights[n] if weights[n].shape == own[n].shape else own[n] for n in own})
 
 
+class RunInUse(RuntimeError):
+    """Another process is training this run directory."""
+
+
 def train(config: Config, run_dir: Path, resume: bool = False, should_stop=None, on_record=None,
           progress: bool = True) -> list:
-    """Meta-trains `config` in `run_dir`; returns the metrics records written by this call."""
+    """Meta-trains `config` in `run_dir`; returns the metrics records written by this call.
+
+    Only one process at a time may train a run directory: two would write over each other's records.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with _sole_trainer(run_dir):
+        return _train(config, run_dir, resume, should_stop, on_record, progress)
+
+
+def _train(config: Config, run_dir: Path, resume: bool, should_stop, on_record, progress: bool) -> list:
     samplers = make_samplers(config)
     model = initial_model(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
@@ -178,6 +193,18 @@ def _restore(run_dir: Path, model, optimizer) -> tuple[int, float]:
     kept = [r for r in read_metrics(run_dir) if r["iteration"] <= iteration]
     (run_dir / METRICS).write_text("".join(json.dumps(r) + "\n" for r in kept))
     return iteration, kept[-1]["seconds"] if kept else 0.0
+
+
+@contextmanager
+def _sole_trainer(run_dir: Path):
+    """Holds an exclusive lock on run_dir/train.lock; the system releases it when the process ends."""
+    with open(run_dir / LOCK, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunInUse(f"{run_dir} is being trained by another process; stop that one first, "
+                           f"or choose another run directory") from None
+        yield
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import torch
 
 from fewshot.checkpoints import load_checkpoint
 from fewshot.config import Config
-from fewshot.training import initial_model, read_metrics, train, warm_start
+from fewshot.training import RunInUse, initial_model, read_metrics, train, warm_start
 
 
 def losses(records):
@@ -116,3 +116,19 @@ def test_init_from_refuses_another_network(tiny_config, tmp_path):
     wider = dataclasses.replace(tiny_config, channels=16, init_from=str(tmp_path / "small" / "checkpoint.safetensors"))
     with pytest.raises(ValueError, match="same backbone, channels and blocks"):
         train(wider, tmp_path / "wide", progress=False)
+
+
+def test_a_second_trainer_of_the_same_run_is_refused(tiny_config, tmp_path):
+    first = train(dataclasses.replace(tiny_config, iterations=2, test_tasks=0), tmp_path, progress=False)
+    refused = []
+
+    def try_second_trainer():  # called by the first trainer, while it holds the run
+        with pytest.raises(RunInUse, match="being trained by another process"):
+            train(tiny_config, tmp_path, resume=True, progress=False)
+        refused.append(True)
+        return True
+
+    train(tiny_config, tmp_path, resume=True, progress=False, should_stop=try_second_trainer)
+    assert refused and [r["iteration"] for r in read_metrics(tmp_path)] == [r["iteration"] for r in first]
+    train(dataclasses.replace(tiny_config, iterations=3, test_tasks=0), tmp_path, resume=True, progress=False)
+    assert [r["iteration"] for r in read_metrics(tmp_path)] == [1, 2, 3]  # released once the first returned
