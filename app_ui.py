@@ -12,7 +12,7 @@ from fewshot.presets import PRESETS, preset
 
 FORM_GROUPS = {
     "What is learned": ("algorithm", "backbone", "channels", "blocks"),
-    "Tasks": ("ways", "shots", "queries", "split"),
+    "Tasks": ("ways", "shots", "queries", "split", "augment"),
     "Inner loop": ("inner_steps", "inner_lr", "seed"),
     "Outer loop": ("outer_lr", "meta_batch", "iterations"),
 }

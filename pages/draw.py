@@ -3,6 +3,9 @@ few gradient steps, and let it recognise a new drawing.
 
 Each canvas' drawing lives in the canvas widget's state, under the key canvas_key(slot); a slot is a
 (class, drawing) pair or "query". Clearing a slot gives its canvas a new key, so a new, empty canvas.
+A canvas hidden by fewer classes or drawings per class comes back empty in the browser, though its drawing
+is still in its state: each slot's last strokes are kept in draw_kept, and a canvas that the last run did
+not show is redrawn with them. The class names are kept the same way.
 """
 
 import hashlib
@@ -35,6 +38,12 @@ state = st.session_state
 state.setdefault("draw_versions", {})  # slot -> how many times it was cleared, part of its canvas' key
 state.setdefault("draw_filled", {})  # slot -> 28x28 ink of an Omniglot drawing shown instead of a canvas
 state.setdefault("draw_fills", 0)  # "Fill from Omniglot" presses so far: the seed of the next fill
+state.setdefault("draw_kept", {})  # slot -> (strokes, 28x28 ink) of its canvas' last drawing
+state.setdefault("draw_restored", {})  # slot -> the kept drawing its canvas was last redrawn with
+state.setdefault("draw_shown", set())  # the slots whose canvases the last run showed
+shown_now = set()  # ... and this run
+for name_key in [key for key in state if str(key).startswith("draw_name_")]:
+    state[name_key] = state[name_key]  # so that Streamlit keeps the names of hidden classes
 
 
 def canvas_key(slot) -> str:
@@ -142,7 +151,8 @@ def clear(slots: list, names: int = 0) -> None:
         state[f"draw_name_{c}"] = ""
     for slot in slots:
         state.draw_versions[slot] = state.draw_versions.get(slot, 0) + 1
-        state.draw_filled.pop(slot, None)
+        for drawings in (state.draw_filled, state.draw_kept, state.draw_restored):
+            drawings.pop(slot, None)
     if QUERY in slots:
         state.pop("draw_query_answer", None)
 
@@ -172,16 +182,29 @@ def slot(slot_id, beside: bool) -> np.ndarray | None:
             st.image(picture(filled, CANVAS_SIZE), width=CANVAS_SIZE)
             ink = filled
         else:
-            result = st_canvas(stroke_width=STROKE_WIDTH, stroke_color="#000000", background_color="#ffffff",
-                               width=CANVAS_SIZE, height=CANVAS_SIZE, return_image_data=True,
-                               key=canvas_key(slot_id))
-            png = result.image_bytes
-            ink = model_input(png) if png else None
+            ink = canvas(slot_id)
     with seen:
         if ink is None:
             st.caption("empty")
         else:
             st.image(picture(ink, PREVIEW_SIZE), width=PREVIEW_SIZE)
+    return ink
+
+
+def canvas(slot_id) -> np.ndarray | None:
+    """The slot's canvas; returns the ink it holds. A canvas back from hiding is redrawn with its kept
+    strokes (its `initial_drawing` then stays the same until it is hidden again, or the canvas would reload)."""
+    if slot_id not in state.draw_shown and slot_id in state.draw_kept:
+        state.draw_restored[slot_id] = state.draw_kept[slot_id]
+    shown_now.add(slot_id)
+    restored_strokes, restored_ink = state.draw_restored.get(slot_id, (None, None))
+    result = st_canvas(stroke_width=STROKE_WIDTH, stroke_color="#000000", background_color="#ffffff",
+                       width=CANVAS_SIZE, height=CANVAS_SIZE, return_image_data=True,
+                       initial_drawing=restored_strokes, key=canvas_key(slot_id))
+    if not result.image_bytes:  # nothing drawn since the canvas appeared
+        return restored_ink
+    ink = model_input(result.image_bytes)
+    state.draw_kept[slot_id] = (result.json_data, ink)
     return ink
 
 
@@ -261,8 +284,9 @@ if chosen is None:
 model, metadata, defaults, model_id = chosen
 st.caption(describe(metadata))
 ways, shots, inner_lr, steps = settings(defaults, model_id)
+mismatch = st.container()  # always there, so that the error does not move, and so remount, the canvases
 if ways != ways_of(model):
-    st.error(f"This checkpoint tells exactly {ways_of(model)} classes apart: it was meta-trained on "
+    mismatch.error(f"This checkpoint tells exactly {ways_of(model)} classes apart: it was meta-trained on "
              f"{metadata['ways']}-way tasks, and its classifier has {ways_of(model)} outputs. Set Classes to "
              f"{ways_of(model)}, or choose a checkpoint meta-trained on {ways}-way tasks.", icon=":material/error:")
 
@@ -286,6 +310,7 @@ query_column, result_column = st.columns([1, 3])
 with query_column:
     st.markdown("**Query**")
     query = slot(QUERY, beside=True)
+    state.draw_shown = shown_now
     st.caption("A new drawing of one of your classes, for the adapted model to recognise.")
     st.button("Clear the query", key="draw_clear_query", on_click=clear, args=([QUERY],),
               icon=":material/ink_eraser:")
