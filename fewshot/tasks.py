@@ -4,9 +4,8 @@ A class is a (character, rotation) pair: each character rotated by 0, 90, 180 or
 its own, as in the MAML paper. The rotation is drawn for each class of a task independently.
 """
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
@@ -76,11 +75,12 @@ class TaskSampler:
 
 def random_affine(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Each of `images` [n, 28, 28] shifted, scaled and rotated a little, by its own random amounts."""
-    n = len(images)
-    uniform = lambda: 2 * torch.rand(n, generator=generator) - 1  # noqa: E731 (one draw in [-1, 1] per image)
+    def uniform() -> torch.Tensor:  # one draw in [-1, 1] per image
+        return 2 * torch.rand(len(images), generator=generator) - 1
+
     angle, scale = uniform() * math.radians(AFFINE_DEGREES), 1 + uniform() * AFFINE_SCALE
     shift_x, shift_y = uniform() * 2 * AFFINE_SHIFT, uniform() * 2 * AFFINE_SHIFT  # grid coordinates span 2
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1)
-    grid = F.affine_grid(theta, [n, 1, 28, 28], align_corners=False)
+    grid = F.affine_grid(theta, [len(images), 1, 28, 28], align_corners=False)
     return F.grid_sample(images.unsqueeze(1), grid, align_corners=False).squeeze(1)
