@@ -5,7 +5,7 @@ Each canvas' drawing lives in the canvas widget's state, under the key canvas_ke
 (class, drawing) pair or "query". Clearing a slot gives its canvas a new key, so a new, empty canvas.
 A canvas hidden by fewer classes or drawings per class comes back empty in the browser, though its drawing
 is still in its state: each slot's last strokes are kept in draw_kept, and a canvas that the last run did
-not show is redrawn with them. The class names are kept the same way.
+not show is redrawn with them. Hidden classes keep their names: each run writes the names back to the state.
 """
 
 import hashlib

@@ -80,8 +80,8 @@ def test_five_drawn_characters_and_a_new_drawing_is_recognised(page):
     page.screenshot(path=ARTIFACTS / "draw-second-query.png", full_page=True)
     assert re.match(rf"Prediction after adaptation: {SECOND_QUERY_NAME} \(\d+%\)", prediction.inner_text())
 
-    # Four classes hide the fifth row, and Streamlit forgets its canvas; back at five, its drawing is redrawn,
-    # so the support set is as it was and the prediction stands without adapting again.
+    # Four classes hide the fifth row; back at five, the browser's canvases would show blank and the fifth name
+    # would be gone. They are redrawn and kept, the support set is as it was, and the prediction stands.
     for ways in (4, 5):
         page.get_by_label("Classes (N ways)").fill(str(ways))
         page.keyboard.press("Enter")
