@@ -16,7 +16,7 @@ FORM_GROUPS = {
     "Inner loop": ("inner_steps", "inner_lr", "seed"),
     "Outer loop": ("outer_lr", "meta_batch", "iterations"),
 }
-ADVANCED = ("val_every", "val_tasks", "checkpoint_every", "test_tasks", "test_inner_steps", "engine")
+ADVANCED = ("val_every", "val_tasks", "checkpoint_every", "test_tasks", "test_inner_steps", "engine", "device")
 FLOAT_STEPS = {"inner_lr": 0.05, "outer_lr": 0.0005}
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 STATUS_ICONS = {runs.FINISHED: "check_circle", runs.STOPPED: "stop_circle", runs.FAILED: "error"}  # Material icons

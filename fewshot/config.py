@@ -53,6 +53,8 @@ class Config:
     iterations: int = _option(1000, "meta-updates in total")
     engine: str = _option("fewshot", "fewshot (torch.func, vmapped) or learn2learn (the notebook's loop)",
                           ("fewshot", "learn2learn"))
+    device: str = _option("auto", "where to meta-train: auto (a CUDA GPU if torch sees one, else the CPU), cpu "
+                                  "or cuda", ("auto", "cpu", "cuda"))
     seed: int = _option(0, "seed of the initial weights and of the task sequence")
     init_from: str = _option("", "checkpoint whose weights start the run instead of random ones; a classifier "
                                  "for another number of ways starts random (default: none)")

@@ -8,7 +8,8 @@ A run lives in a directory:
     evaluation.json         test accuracy with its 95 % interval, once training has finished
     train.lock              locked while a process trains the run, so that a second one is refused
 Stopping (Ctrl-C, SIGTERM, or `should_stop()` returning True) ends the current iteration, saves, and
-returns; `resume=True` continues from the last checkpoint. The same seed gives the same curve on a CPU.
+returns; `resume=True` continues from the last checkpoint, on this device or another. The same seed gives the
+same curve on a CPU.
 """
 
 import fcntl
@@ -57,6 +58,21 @@ def make_samplers(config: Config) -> dict:
             for name, characters in split_characters(data, config.split).items()}
 
 
+def training_device(name: str) -> torch.device:
+    """The device that `Config.device` names; "auto" takes a CUDA GPU when torch sees one.
+
+    On a GPU, convolutions and matrix products keep full float32 (no TF32), so that a run there computes
+    what it would on a CPU, up to rounding.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device cuda: this torch sees no CUDA GPU; choose device cpu or auto")
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    return torch.device(name)
+
+
 def initial_model(config: Config) -> torch.nn.Module:
     torch.manual_seed(config.seed)
     return build_model(config.backbone, config.ways, config.channels, config.blocks)
@@ -94,8 +110,9 @@ def train(config: Config, run_dir: Path, resume: bool = False, should_stop=None,
 
 
 def _train(config: Config, run_dir: Path, resume: bool, should_stop, on_record, progress: bool) -> list:
+    device = training_device(config.device)
     samplers = make_samplers(config)
-    model = initial_model(config)
+    model = initial_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
     start, seconds = _restore(run_dir, model, optimizer) if resume else (0, 0.0)
     if start == 0 and config.init_from:
@@ -105,7 +122,7 @@ def _train(config: Config, run_dir: Path, resume: bool, should_stop, on_record, 
     if not resume:
         (run_dir / METRICS).write_text("")
     config.save(run_dir / CONFIG)
-    val_batch = samplers["val"].sample(config.val_tasks, seed=task_seed(config.seed, 0))
+    val_batch = samplers["val"].sample(config.val_tasks, seed=task_seed(config.seed, 0)).to(device=device)
     meta_backward = meta_backward_of(config.engine)
 
     records, iteration = [], start
@@ -116,6 +133,7 @@ def _train(config: Config, run_dir: Path, resume: bool, should_stop, on_record, 
             iteration += 1
             tick = time.perf_counter()
             batch = samplers["train"].sample(config.meta_batch, seed=task_seed(config.seed, iteration))
+            batch = batch.to(device=device)
             optimizer.zero_grad()
             loss, accuracy = meta_backward(model, batch, config.inner_lr, config.inner_steps, config.first_order)
             optimizer.step()

@@ -11,7 +11,7 @@ import torch
 
 from fewshot.checkpoints import load_checkpoint
 from fewshot.config import Config
-from fewshot.training import RunInUse, initial_model, read_metrics, train, warm_start
+from fewshot.training import RunInUse, initial_model, read_metrics, train, training_device, warm_start
 
 
 def losses(records):
@@ -61,6 +61,26 @@ def test_resume_with_another_outer_learning_rate_uses_it(tiny_config, tmp_path):
     dropped, same = losses(read_metrics(tmp_path / "drop")), losses(read_metrics(tmp_path / "same"))
     assert dropped[:4] == same[:4] and dropped[4:] != same[4:]  # iteration 4 is the first at the new rate
     assert Config.load(tmp_path / "drop" / "config.json").outer_lr == low
+
+
+def test_auto_device_is_the_gpu_when_there_is_one_and_cuda_without_one_is_refused():
+    assert training_device("cpu") == torch.device("cpu")
+    assert training_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            training_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cpu_run_resumed_on_the_gpu_continues_its_curve(tiny_config, tmp_path):
+    """Weights and Adam's moments move to the GPU on --resume; float32 there (no TF32) follows the CPU's curve."""
+    cpu = dataclasses.replace(tiny_config, device="cpu")
+    uninterrupted = losses(train(cpu, tmp_path / "cpu", progress=False))
+    train(dataclasses.replace(cpu, iterations=3), tmp_path / "moved", progress=False)
+    train(dataclasses.replace(cpu, device="cuda"), tmp_path / "moved", resume=True, progress=False)
+    assert losses(read_metrics(tmp_path / "moved")) == pytest.approx(uninterrupted, rel=1e-4)
+    _, metadata = load_checkpoint(tmp_path / "moved" / "checkpoint.safetensors")
+    assert metadata["iterations"] == 6
 
 
 def test_learn2learn_engine_gives_the_same_curve(tiny_config, tmp_path):
