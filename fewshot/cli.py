@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .checkpoints import CheckpointError, load_checkpoint, record_accuracy
 from .config import Config
-from .evaluation import evaluate
+from .evaluation import TEST_SEED, evaluate
 from .memory import keep_freed_memory
 from .omniglot import DatasetNotFound, load_omniglot, split_characters
 from .tasks import TaskSampler
@@ -52,6 +52,8 @@ def evaluate_command(args) -> None:
         sys.exit("error: --record keeps the protocol the app uses (support statistics); drop --transductive")
     if args.record and args.characters != "test":
         sys.exit("error: --record keeps test accuracy only; drop --characters val")
+    if args.record and args.seed != TEST_SEED:
+        sys.exit("error: --record keeps accuracy on the test tasks every model shares; drop --seed")
     model, metadata = load_checkpoint(Path(args.checkpoint))
     data = load_omniglot(args.data_root or Config().data_root)
     split = args.split or metadata["split"]
@@ -59,8 +61,10 @@ def evaluate_command(args) -> None:
     steps = metadata["test_inner_steps"] if args.inner_steps is None else args.inner_steps
     characters = split_characters(data, split)[args.characters]
     sampler = TaskSampler(data.ink, characters, metadata["ways"], shots, args.queries)
-    result = evaluate(model, sampler, metadata["inner_lr"], steps, args.tasks, transductive=args.transductive)
-    print(f"{Path(args.checkpoint).name}: {metadata['ways']}-way {shots}-shot on {split}/{args.characters}: {result}")
+    result = evaluate(model, sampler, metadata["inner_lr"], steps, args.tasks, seed=args.seed,
+                      transductive=args.transductive)
+    tasks = f"{split}/{args.characters}" + (f", seed {args.seed}" if args.seed != TEST_SEED else "")
+    print(f"{Path(args.checkpoint).name}: {metadata['ways']}-way {shots}-shot on {tasks}: {result}")
     if args.record:
         record_accuracy(Path(args.checkpoint), {"split": f"{split}/test", **result.to_dict()})
         print(f"recorded in the checkpoint's metadata as accuracy[{result.task!r}]")
@@ -95,6 +99,9 @@ def main(argv=None) -> None:
     evaluate_parser.add_argument("--characters", choices=("test", "val"), default="test",
                                  help="test: the split's test characters (default); val: those it holds out from "
                                       "meta-training, never trained on (lake: 100 background characters)")
+    evaluate_parser.add_argument("--seed", type=int, default=TEST_SEED,
+                                 help="seed of the tasks drawn; the default gives the same tasks to every model, "
+                                      "another seed a second sample of them")
     evaluate_parser.add_argument("--data-root", help="folder holding omniglot-py/")
     evaluate_parser.add_argument("--transductive", action="store_true",
                                  help="batch norm normalises the queries with their own statistics, as the MAML "

@@ -41,6 +41,11 @@ def test_train_then_evaluate(data_root, tmp_path):
     assert "5-way 1-shot on lake/val: accuracy" in held_out
     refused = fewshot("evaluate", run / "checkpoint.safetensors", "--characters", "val", "--record", check=False)
     assert refused.returncode != 0 and "drop --characters val" in refused.stderr
+    other_tasks = fewshot("evaluate", run / "checkpoint.safetensors", "--data-root", data_root, "--tasks", 20,
+                          "--shots", 2, "--seed", 123).stdout
+    assert "5-way 2-shot on lake/test, seed 123: accuracy" in other_tasks
+    refused = fewshot("evaluate", run / "checkpoint.safetensors", "--seed", 123, "--record", check=False)
+    assert refused.returncode != 0 and "drop --seed" in refused.stderr
     assert load_checkpoint(run / "checkpoint.safetensors")[1]["accuracy"] == {"5w2s": recorded}
     refused = fewshot("train", "--run-dir", run, "--data-root", data_root, check=False)
     assert refused.returncode != 0 and "--resume" in refused.stderr
