@@ -11,4 +11,6 @@ pages = [st.Page("pages/home.py", title="Home", icon=":material/home:", default=
          st.Page("pages/train.py", title="Train", icon=":material/monitoring:"),
          st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
          st.Page("pages/draw.py", title="Draw", icon=":material/draw:")]
-st.navigation(pages).run()
+page = st.navigation(pages)
+st.session_state.page_before, st.session_state.page_now = st.session_state.get("page_now"), page.title
+page.run()

@@ -3,9 +3,9 @@ few gradient steps, and let it recognise a new drawing.
 
 Each canvas' drawing lives in the canvas widget's state, under the key canvas_key(slot); a slot is a
 (class, drawing) pair or "query". Clearing a slot gives its canvas a new key, so a new, empty canvas.
-A canvas hidden by fewer classes or drawings per class comes back empty in the browser, though its drawing
-is still in its state: each slot's last strokes are kept in draw_kept, and a canvas that the last run did
-not show is redrawn with them. Hidden classes keep their names: each run writes the names back to the state.
+A canvas hidden by fewer classes or drawings per class, or by another page, comes back empty in the browser:
+each slot's last strokes are kept in draw_kept, and a canvas that the last run did not show is redrawn with
+them. The settings and class names survive both too: their widgets persist for the session.
 """
 
 import hashlib
@@ -42,8 +42,8 @@ state.setdefault("draw_kept", {})  # slot -> (strokes, 28x28 ink) of its canvas'
 state.setdefault("draw_restored", {})  # slot -> the kept drawing its canvas was last redrawn with
 state.setdefault("draw_shown", set())  # the slots whose canvases the last run showed
 shown_now = set()  # ... and this run
-for name_key in [key for key in state if str(key).startswith("draw_name_")]:
-    state[name_key] = state[name_key]  # so that Streamlit keeps the names of hidden classes
+if state.get("page_before", "Draw") != "Draw":  # back from another page (app.py): the browser shows every canvas
+    state.draw_shown = set()  # blank, so every one is redrawn with its kept strokes
 
 
 def canvas_key(slot) -> str:
@@ -95,6 +95,7 @@ def choose_checkpoint():
     labels = {str(path): _shown_path(path) for path in found}
     labels[UPLOAD] = "Upload a checkpoint ..."
     choice = st.selectbox("Checkpoint", list(labels), format_func=labels.get, key="draw_checkpoint",
+                          persist_state="session",
                           help="Kept checkpoints (checkpoints/) come first, then the runs' (runs/), newest first.")
     if choice == UPLOAD:
         upload = st.file_uploader("A fewshot checkpoint (.safetensors)", type=["safetensors"], key="draw_upload")
@@ -133,13 +134,14 @@ def settings(defaults: dict, model_id: str) -> tuple:
     """Classes, drawings per class, inner learning rate and steps: the checkpoint's, unless overridden."""
     columns = st.columns(4)
     ways = columns[0].number_input("Classes (N ways)", 2, MAX_WAYS, min(max(defaults["ways"], 2), MAX_WAYS),
-                                   key=f"draw_ways_{model_id}")
+                                   key=f"draw_ways_{model_id}", persist_state="session")
     shots = columns[1].number_input("Drawings per class (K shots)", 1, MAX_SHOTS,
-                                    min(max(defaults["shots"], 1), MAX_SHOTS), key=f"draw_shots_{model_id}")
+                                    min(max(defaults["shots"], 1), MAX_SHOTS), key=f"draw_shots_{model_id}",
+                                    persist_state="session")
     inner_lr = columns[2].number_input("Inner learning rate α", 0.0, 10.0, min(float(defaults["inner_lr"]), 10.0),
-                                       step=0.05, format="%g", key=f"draw_lr_{model_id}")
+                                       step=0.05, format="%g", key=f"draw_lr_{model_id}", persist_state="session")
     steps = columns[3].number_input("Inner steps", 0, MAX_STEPS, min(defaults["steps"], MAX_STEPS),
-                                    key=f"draw_steps_{model_id}",
+                                    key=f"draw_steps_{model_id}", persist_state="session",
                                     help="Gradient steps on your drawings. The checkpoint's test-time setting "
                                          "by default.")
     return int(ways), int(shots), float(inner_lr), int(steps)
@@ -222,7 +224,7 @@ def class_rows(ways: int, shots: int) -> tuple:
             name_place, button_place, _ = st.columns([2, 1, 3], vertical_alignment="bottom")
         with name_place:
             name = st.text_input(f"Class {c + 1}", key=f"draw_name_{c}", placeholder=f"Class {c + 1}",
-                                 max_chars=30).strip()
+                                 max_chars=30, persist_state="session").strip()
         with button_place:
             st.button("Clear", key=f"draw_clear_{c}", on_click=clear, args=([(c, d) for d in range(shots)],),
                       icon=":material/ink_eraser:")

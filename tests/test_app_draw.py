@@ -88,6 +88,23 @@ def test_draw_adapt_and_classify_end_to_end():
     assert "press **Adapt** again" in texts(app, "info") and "Prediction" not in texts(app, "markdown")
 
 
+def test_names_settings_and_drawings_survive_another_page():
+    """Streamlit forgets a page's widgets while another page is shown; the Draw page gets them all back."""
+    app = open_draw_page()
+    draw_all_classes(app)
+    steps = next(n for n in app.number_input if n.label == "Inner steps")
+    steps.set_value(2).run()
+    button(app, "Adapt").click().run()
+    assert "2 inner steps on 5 drawings" in texts(app, "markdown")
+    app.switch_page("pages/home.py").run()
+    app.switch_page("pages/draw.py").run()
+    assert not app.exception and not app.warning, app.warning
+    assert [app.text_input(key=f"draw_name_{c}").value for c in range(len(NAMES))] == NAMES
+    assert next(n for n in app.number_input if n.label == "Inner steps").value == 2
+    assert empty_slots(app) == 0
+    assert f"Prediction after adaptation: **{QUERY_NAME}**" in texts(app, "markdown")
+
+
 def test_a_class_without_drawing_and_a_blank_canvas_are_named():
     app = open_draw_page()
     draw_all_classes(app, classes=range(3))

@@ -93,6 +93,20 @@ def test_five_drawn_characters_and_a_new_drawing_is_recognised(page):
     assert all(_inked(canvases.nth(c)) for c in range(len(SHAPES)))  # as drawn, not blank
     assert re.match(rf"Prediction after adaptation: {SECOND_QUERY_NAME} \(\d+%\)", prediction.inner_text())
 
+    # Another page and back: the names, the drawings (on screen too) and the prediction are all still there.
+    page.get_by_role("link", name="Home").click()
+    page.get_by_role("heading", name="Few-shot learning with MAML").wait_for()
+    page.get_by_role("link", name="Draw").click()
+    page.get_by_role("heading", name=re.compile("^Draw")).wait_for()
+    _settle(page)
+    canvases.nth(len(SHAPES)).wait_for()
+    time.sleep(1)  # fabric.js redraws the kept strokes
+    page.screenshot(path=ARTIFACTS / "draw-after-another-page.png", full_page=True)
+    assert [page.get_by_label(f"Class {c + 1}", exact=True).input_value() for c in range(len(SHAPES))] == list(SHAPES)
+    assert all(_inked(canvases.nth(c)) for c in range(len(SHAPES) + 1))
+    assert "empty" not in page.locator("body").inner_text().split("\n")
+    assert re.match(rf"Prediction after adaptation: {SECOND_QUERY_NAME} \(\d+%\)", prediction.inner_text())
+
 
 def _draw(page, canvas, strokes: list, empty_after: int) -> None:
     """Draws strokes of canvas points with the mouse, as a person would, then waits for the page to show the
