@@ -32,7 +32,7 @@ def dataset_warning() -> bool:
 
 def preset_picker(prefix: str) -> tuple[str, Config]:
     """A preset menu; returns the preset's name and Config, the defaults of config_fields."""
-    name = st.selectbox("Preset", list(PRESETS), key=f"{prefix}_preset",
+    name = st.selectbox("Preset", list(PRESETS), key=f"{prefix}_preset", persist_state="session",
                         help="Fills the form below; change any field before pressing Start.")
     return name, preset(name)
 
@@ -41,6 +41,7 @@ def config_fields(prefix: str, preset_name: str, defaults: Config, exclude: tupl
     """The Config fields as widgets, inside a form, starting from `defaults`; returns their values.
 
     The widgets' keys hold the preset's name, so choosing another preset gives fresh widgets with its values.
+    They keep their values while another page is shown.
     """
     prefix = f"{prefix}_{preset_name}"
     values = {}
@@ -103,15 +104,16 @@ def live(refresh: bool):
 
 
 def _field_widget(prefix: str, name: str, default):
-    field, key = FIELDS[name], f"{prefix}_{name}"
-    label, help = name.replace("_", " "), field.metadata["help"]
+    field = FIELDS[name]
+    label, kept = name.replace("_", " "), {"key": f"{prefix}_{name}", "persist_state": "session",
+                                           "help": field.metadata["help"]}
     if field.metadata.get("choices"):
         choices = field.metadata["choices"]
-        return st.selectbox(label, choices, index=choices.index(default), key=key, help=help)
+        return st.selectbox(label, choices, index=choices.index(default), **kept)
     if isinstance(field.default, int):
-        return int(st.number_input(label, min_value=0, value=default, step=1, key=key, help=help))
+        return int(st.number_input(label, min_value=0, value=default, step=1, **kept))
     return float(st.number_input(label, min_value=0.0, value=float(default), step=FLOAT_STEPS.get(name, 0.01),
-                                 format="%g", key=key, help=help))
+                                 format="%g", **kept))
 
 
 def _duration(seconds: float) -> str:

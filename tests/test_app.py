@@ -114,6 +114,9 @@ def test_train_page_starts_a_run_charts_it_live_stops_it_and_keeps_its_checkpoin
     assert (run_folders / "checkpoints" / "tiny-demo.safetensors").read_bytes() == run.checkpoint.read_bytes()
     app.button(key="FormSubmitter:keep_form-Keep checkpoint for the Draw page").click().run()
     assert "already exists" in app.error[0].value
+    app.switch_page("pages/home.py").run()
+    app.switch_page("pages/train.py").run()  # the form as it was started, not the preset's defaults
+    assert form_field(app, "channels").value == 8 and form_field(app, "iterations").value == 100_000
 
 
 def test_train_page_shows_a_finished_run_with_its_test_accuracy(data_root):
