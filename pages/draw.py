@@ -289,8 +289,9 @@ ways, shots, inner_lr, steps = settings(defaults, model_id)
 mismatch = st.container()  # always there, so that the error does not move, and so remount, the canvases
 if ways != ways_of(model):
     mismatch.error(f"This checkpoint tells exactly {ways_of(model)} classes apart: it was meta-trained on "
-             f"{metadata['ways']}-way tasks, and its classifier has {ways_of(model)} outputs. Set Classes to "
-             f"{ways_of(model)}, or choose a checkpoint meta-trained on {ways}-way tasks.", icon=":material/error:")
+                   f"{metadata['ways']}-way tasks, and its classifier has {ways_of(model)} outputs. Set Classes "
+                   f"to {ways_of(model)}, or choose a checkpoint meta-trained on {ways}-way tasks.",
+                   icon=":material/error:")
 
 missing_data = runs.missing_dataset_help(Config().data_root)
 buttons = st.columns([1, 1, 3])

@@ -86,9 +86,7 @@ def test_five_drawn_characters_and_a_new_drawing_is_recognised(page):
         page.get_by_label("Classes (N ways)").fill(str(ways))
         page.keyboard.press("Enter")
         _settle(page)
-    canvases.nth(len(SHAPES)).wait_for()
-    time.sleep(1)  # fabric.js redraws the kept strokes
-    page.screenshot(path=ARTIFACTS / "draw-fifth-class-back.png", full_page=True)
+    _redrawn(page, canvases, "draw-fifth-class-back.png")
     assert page.get_by_label("Class 5", exact=True).input_value() == list(SHAPES)[4]
     assert all(_inked(canvases.nth(c)) for c in range(len(SHAPES)))  # as drawn, not blank
     assert re.match(rf"Prediction after adaptation: {SECOND_QUERY_NAME} \(\d+%\)", prediction.inner_text())
@@ -99,9 +97,7 @@ def test_five_drawn_characters_and_a_new_drawing_is_recognised(page):
     page.get_by_role("link", name="Draw").click()
     page.get_by_role("heading", name=re.compile("^Draw")).wait_for()
     _settle(page)
-    canvases.nth(len(SHAPES)).wait_for()
-    time.sleep(1)  # fabric.js redraws the kept strokes
-    page.screenshot(path=ARTIFACTS / "draw-after-another-page.png", full_page=True)
+    _redrawn(page, canvases, "draw-after-another-page.png")
     assert [page.get_by_label(f"Class {c + 1}", exact=True).input_value() for c in range(len(SHAPES))] == list(SHAPES)
     assert all(_inked(canvases.nth(c)) for c in range(len(SHAPES) + 1))
     assert "empty" not in page.locator("body").inner_text().split("\n")
@@ -124,6 +120,13 @@ def _draw(page, canvas, strokes: list, empty_after: int) -> None:
     page.wait_for_function(f"() => document.body.innerText.split('\\n').filter(l => l === 'empty').length"
                            f" === {empty_after}")
     _settle(page)
+
+
+def _redrawn(page, canvases, screenshot: str) -> None:
+    """Waits for the canvases to come back and fabric.js to redraw their kept strokes; takes a screenshot."""
+    canvases.nth(len(SHAPES)).wait_for()
+    time.sleep(1)
+    page.screenshot(path=ARTIFACTS / screenshot, full_page=True)
 
 
 def _inked(canvas) -> bool:
