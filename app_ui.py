@@ -5,7 +5,7 @@ import dataclasses
 
 import streamlit as st
 
-from fewshot import runs
+from fewshot import limits, runs
 from fewshot.config import Config
 from fewshot.plots import X_AXES, training_curves
 from fewshot.presets import PRESETS, preset
@@ -17,6 +17,7 @@ FORM_GROUPS = {
     "Outer loop": ("outer_lr", "meta_batch", "iterations"),
 }
 ADVANCED = ("val_every", "val_tasks", "checkpoint_every", "test_tasks", "test_inner_steps", "engine", "device")
+FORM_FIELDS = [name for names in FORM_GROUPS.values() for name in names] + list(ADVANCED)
 FLOAT_STEPS = {"inner_lr": 0.05, "outer_lr": 0.0005}
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 STATUS_ICONS = {runs.FINISHED: "check_circle", runs.STOPPED: "stop_circle", runs.FAILED: "error"}  # Material icons
@@ -37,39 +38,65 @@ def preset_picker(prefix: str) -> tuple[str, Config]:
     return name, preset(name)
 
 
-def config_fields(prefix: str, preset_name: str, defaults: Config, exclude: tuple = ()) -> dict:
-    """The Config fields as widgets, inside a form, starting from `defaults`; returns their values.
+def config_fields(prefix: str, preset_name: str, defaults: Config, exclude: tuple = ()) -> None:
+    """The Config fields as widgets, inside a form, starting from `defaults` (make_config reads them).
 
     The widgets' keys hold the preset's name, so choosing another preset gives fresh widgets with its values.
     They keep their values while another page is shown.
     """
-    prefix = f"{prefix}_{preset_name}"
-    values = {}
     for column, (group, names) in zip(st.columns(len(FORM_GROUPS)), FORM_GROUPS.items()):
         with column:
             st.markdown(f"**{group}**")
-            values.update({name: _field_widget(prefix, name, getattr(defaults, name))
-                           for name in names if name not in exclude})
+            for name in names:
+                if name not in exclude:
+                    _field_widget(_widget_key(prefix, preset_name, name), name, getattr(defaults, name))
     with st.expander("Monitoring and engine"):
         columns = st.columns(3)
         for index, name in enumerate(n for n in ADVANCED if n not in exclude):
             with columns[index % 3]:
-                values[name] = _field_widget(prefix, name, getattr(defaults, name))
-    return values
+                _field_widget(_widget_key(prefix, preset_name, name), name, getattr(defaults, name))
 
 
-def make_config(values: dict) -> Config | None:
-    """A Config from the form's values, or None after showing why they do not make one."""
+def make_config(prefix: str, preset_name: str, exclude: tuple = ()) -> Config:
+    """A Config from the values of config_fields' widgets; ValueError when they do not make one."""
+    return Config(**{name: st.session_state[_widget_key(prefix, preset_name, name)]
+                     for name in FORM_FIELDS if name not in exclude})
+
+
+def start_button(label: str, prefix: str, preset_name: str, start, disabled: bool, exclude: tuple = ()) -> None:
+    """The form's submit button. Pressed, it makes a Config of the form's values and calls `start(config)`,
+    which starts runs and returns what to say, or raises ValueError saying why not; start_message shows it.
+
+    This happens in the button's callback, which Streamlit runs first thing on the rerun that the press
+    causes. Code after `if st.form_submit_button(...)` would not run when the next press, or any rerun,
+    interrupts the script before it: of ten presses 0.3 s apart, eight were lost without a word.
+    """
+    st.form_submit_button(label, type="primary", disabled=disabled, on_click=_start_pressed,
+                          args=(prefix, preset_name, start, exclude))
+
+
+def start_message(prefix: str) -> None:
+    """What the last press of the Start button did, shown once."""
+    kind, text = st.session_state.pop(f"{prefix}_start_message", (None, None))
+    if kind == "error":
+        st.error(text, icon=":material/block:")
+    elif kind == "success":
+        st.success(text, icon=":material/play_circle:")
+
+
+def _start_pressed(prefix: str, preset_name: str, start, exclude: tuple) -> None:
     try:
-        return Config(**values)
-    except ValueError as error:
-        st.error(f"Cannot start: {error}.")
-        return None
+        message = ("success", start(make_config(prefix, preset_name, exclude)))
+    except (ValueError, OSError) as error:  # OSError: the runs folder cannot be written
+        lines = str(error).splitlines()
+        message = ("error", f"Cannot start: {lines[0]}" if len(lines) == 1 else
+                   "Cannot start:\n" + "\n".join(f"- {line}" for line in lines))
+    st.session_state[f"{prefix}_start_message"] = message
 
 
 def run_status(run: runs.Run, status: str) -> None:
-    """A progress bar that says what the run is doing: its phase, pace and time left while running; the error
-    of a failed run below it."""
+    """A progress bar that says what the run is doing: its phase, pace and time left while running; below it,
+    how many lines of its metrics could not be read, and the error of a failed run."""
     progress = run.progress()
     parts = [f"**{run.name}**", f"iteration {progress.iteration} / {progress.iterations}"]
     if status != runs.RUNNING:
@@ -85,6 +112,9 @@ def run_status(run: runs.Run, status: str) -> None:
         if progress.seconds_left is not None:
             parts.append(f"{_duration(progress.seconds_left)} left")
     st.progress(min(progress.iteration / progress.iterations, 1.0), text=" · ".join(parts))
+    skipped = run.unreadable_lines()
+    if skipped:
+        st.caption(f"{skipped} unreadable {'line' if skipped == 1 else 'lines'} in {runs.METRICS} skipped.")
     if status == runs.FAILED:
         st.error(f"Run {run.name} failed: {run.error() or 'it ended without a word (killed?)'}",
                  icon=":material/error:")
@@ -103,17 +133,23 @@ def live(refresh: bool):
     return st.fragment(run_every=1.0 if refresh else None)
 
 
-def _field_widget(prefix: str, name: str, default):
+def _widget_key(prefix: str, preset_name: str, name: str) -> str:
+    return f"{prefix}_{preset_name}_{name}"
+
+
+def _field_widget(key: str, name: str, default) -> None:
     field = FIELDS[name]
-    label, kept = name.replace("_", " "), {"key": f"{prefix}_{name}", "persist_state": "session",
-                                           "help": field.metadata["help"]}
+    label, kept = name.replace("_", " "), {"key": key, "persist_state": "session", "help": field.metadata["help"]}
     if field.metadata.get("choices"):
         choices = field.metadata["choices"]
-        return st.selectbox(label, choices, index=choices.index(default), **kept)
-    if isinstance(field.default, int):
-        return int(st.number_input(label, min_value=0, value=default, step=1, **kept))
-    return float(st.number_input(label, min_value=0.0, value=float(default), step=FLOAT_STEPS.get(name, 0.01),
-                                 format="%g", **kept))
+        st.selectbox(label, choices, index=choices.index(default), **kept)
+    elif isinstance(field.default, int):
+        maximum = limits.maximum(name)  # this server's (fewshot/limits.py)
+        value = default if maximum is None else min(default, maximum)  # a preset over a limit an instructor lowered
+        st.number_input(label, min_value=0, max_value=maximum, value=value, step=1, **kept)
+    else:
+        st.number_input(label, min_value=0.0, value=float(default), step=FLOAT_STEPS.get(name, 0.01), format="%g",
+                        **kept)
 
 
 def _duration(seconds: float) -> str:

@@ -17,10 +17,11 @@ import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from .checkpoints import CheckpointError, load_checkpoint
+from .checkpoints import load_checkpoint
 from .omniglot import Omniglot
 
 DEFAULT_CHECKPOINT = "maml-conv-5way.safetensors"  # shipped in checkpoints/
+MAX_UPLOAD_NAME = 60  # characters
 
 
 @dataclass
@@ -32,17 +33,11 @@ class Adaptation:
     after: torch.Tensor  # and at theta', after the inner steps
 
 
-def adaptation_settings(metadata: dict, name: str = "the checkpoint") -> dict:
+def adaptation_settings(metadata: dict) -> dict:
     """What a checkpoint was meta-trained for: ways, shots, the inner learning rate and the test-time inner
-    steps; CheckpointError when its metadata gives one of them as something else than a number."""
-    settings = {"ways": metadata["ways"], "shots": metadata["shots"], "inner_lr": metadata["inner_lr"],
-                "steps": metadata.get("test_inner_steps", metadata["inner_steps"])}
-    for setting, value in settings.items():
-        number = (int, float) if setting == "inner_lr" else int
-        if isinstance(value, bool) or not isinstance(value, number) or value < 0:
-            raise CheckpointError(f"{name}: its metadata gives {setting} as {value!r}, which is not a "
-                                  f"{'number' if setting == 'inner_lr' else 'whole number'}.")
-    return settings
+    steps, from metadata that load_checkpoint has checked."""
+    return {"ways": metadata["ways"], "shots": metadata["shots"], "inner_lr": metadata["inner_lr"],
+            "steps": metadata.get("test_inner_steps", metadata["inner_steps"])}
 
 
 def ways_of(model: torch.nn.Module) -> int:
@@ -118,9 +113,16 @@ def _modified(path: Path) -> float:
 def load_uploaded_checkpoint(name: str, data: bytes):
     """A checkpoint from uploaded bytes: (model, metadata), or CheckpointError naming the upload."""
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / (re.sub(r"[^\w.-]", "_", Path(name).name).lstrip(".") or "upload.safetensors")
+        path = Path(folder) / upload_name(name)
         path.write_bytes(data)
         return load_checkpoint(path)
+
+
+def upload_name(name: str) -> str:
+    """The name an upload goes by, in messages and as a file: its base name, with other characters than letters,
+    digits, "_", "." and "-" replaced by "_", no leading dot, and its last MAX_UPLOAD_NAME characters only,
+    at most 4 bytes each: file systems take at most 255 bytes."""
+    return re.sub(r"[^\w.-]", "_", Path(name).name)[-MAX_UPLOAD_NAME:].lstrip(".") or "upload.safetensors"
 
 
 def omniglot_examples(data: Omniglot, characters: list, ways: int, shots: int, seed: int):

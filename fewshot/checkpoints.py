@@ -3,30 +3,46 @@
 A checkpoint file's safetensors header carries two metadata strings: "format" (FORMAT) and "fewshot", a
 JSON object with the backbone and its sizes, the task shape, the algorithm and its inner loop, the data
 split, the iterations trained, measured accuracy, and the library version. Loading checks the weights
-against the model that metadata describes. The optimizer state needed to resume a run lives beside it, in
-a second safetensors file. Every write goes to a temporary file first, then renames it over the old one.
+against the model that metadata describes. What a run needs to resume, the model and the optimizer state
+together, lives beside it in a second safetensors file. Every write goes to a temporary file first, then
+takes the old one's place (files.py).
 """
 
+import dataclasses
 import json
-import os
+import reprlib
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from . import __version__
+from . import __version__, files
 from .config import Config
 from .models import build_model
 
 FORMAT = "fewshot-checkpoint-v1"
+TRAINING_STATE_FORMAT = "fewshot-training-state-v1"
 MODEL_KEYS = ("backbone", "channels", "blocks", "ways")
 REQUIRED_KEYS = MODEL_KEYS + ("shots", "algorithm", "inner_lr", "inner_steps", "split", "iterations",
                               "library_version")
+# What loading accepts in the metadata: what a Config accepts (iterations may be 0). It is checked before
+# anything is built from it, so that a crafted file can neither make loading take gigabytes or minutes nor end
+# in a traceback.
+FIELDS = {field.name: field.metadata for field in dataclasses.fields(Config)}
+WHOLE_NUMBER_BOUNDS = {name: (0 if name == "iterations" else FIELDS[name]["at_least"], FIELDS[name]["at_most"])
+                       for name in ("channels", "blocks", "ways", "shots", "inner_steps", "test_inner_steps",
+                                    "iterations")}
+MAX_INNER_LR = FIELDS["inner_lr"]["at_most"]
+CHOICES = {name: FIELDS[name]["choices"] for name in ("backbone", "algorithm", "split")}
+MAX_METADATA_CHARS = 64 * 1024  # a trained model's takes about 1 KiB
 
 
 class CheckpointError(ValueError):
-    """A file that is not a usable fewshot checkpoint; the message says why."""
+    """A file that is not a usable fewshot checkpoint; the message, one line, names the file and says why."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(message.split()))  # one line, whatever a file name or a library's error holds
 
 
 def checkpoint_metadata(config: Config, iterations: int, accuracy: dict | None = None) -> dict:
@@ -41,29 +57,30 @@ def model_from_metadata(metadata: dict) -> torch.nn.Module:
     return build_model(metadata["backbone"], metadata["ways"], metadata["channels"], metadata["blocks"])
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict) -> None:
-    tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in model.state_dict().items()}
+def save_checkpoint(path: Path, model: torch.nn.Module | dict, metadata: dict) -> None:
+    """Writes `model` (a module, or its state dict) with `metadata`."""
+    weights = model if isinstance(model, dict) else model.state_dict()
+    tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in weights.items()}
     _atomic_save(path, tensors, {"format": FORMAT, "fewshot": json.dumps(metadata)})
 
 
 def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
-    """The model, with its weights, and the checkpoint's metadata; CheckpointError if the file is unusable."""
-    tensors, header = _read(path)
-    if header.get("format") != FORMAT or "fewshot" not in header:
-        raise CheckpointError(f"{Path(path).name} is a safetensors file but not a fewshot checkpoint "
-                              f"(its metadata has no {FORMAT!r} format tag).")
-    try:
-        metadata = json.loads(header["fewshot"])
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{Path(path).name}: its metadata is not valid JSON ({error}).") from None
-    missing = [key for key in REQUIRED_KEYS if key not in metadata]
-    if missing:
-        raise CheckpointError(f"{Path(path).name}: its metadata lacks {', '.join(missing)}.")
-    try:
-        model = model_from_metadata(metadata)
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{Path(path).name}: its metadata describes no valid model ({error}).") from None
-    _check_weights(Path(path).name, model, tensors)
+    """The model, with its weights, and the checkpoint's metadata; CheckpointError if the file is unusable.
+
+    Each check comes before what it guards, so that a crafted file costs neither memory nor time: the metadata
+    before anything is built from it, the tensors' names, shapes and dtypes in the file's header before their
+    data is read, and their values before they go into the model.
+    """
+    path = Path(path)
+    with _open(path) as f:
+        metadata = _metadata(path.name, f.metadata() or {})
+        _check_weights(path.name, _shapes(metadata), f)
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    not_finite = [name for name, tensor in tensors.items() if not tensor.isfinite().all()]
+    if not_finite:
+        raise CheckpointError(f"{path.name}: its weights {', '.join(not_finite[:5])} hold NaN or infinite values, "
+                              f"as a run whose loss diverged saves them.")
+    model = model_from_metadata(metadata)
     model.load_state_dict(tensors)
     return model, metadata
 
@@ -75,52 +92,129 @@ def record_accuracy(path: Path, summary: dict) -> None:
     save_checkpoint(path, model, metadata)
 
 
-def save_training_state(path: Path, optimizer: torch.optim.Optimizer, iterations: int) -> None:
-    """Adam's moments and step counts, so that a resumed run continues exactly where it stopped."""
+def save_training_state(path: Path, weights: dict, optimizer: torch.optim.Optimizer, iterations: int) -> None:
+    """The model's `weights` (its state dict) and Adam's moments and step counts, so that a resumed run
+    continues exactly where it stopped. One file, written atomically: no crash or signal can leave the
+    weights and the optimizer at different iterations."""
     state = optimizer.state_dict()
-    tensors = {f"{index}.{key}": value.detach().cpu().reshape(-1) if value.dim() == 0 else value.detach().cpu()
-               for index, entries in state["state"].items() for key, value in entries.items()}
-    _atomic_save(path, tensors, {"param_groups": json.dumps(state["param_groups"]),
+    tensors = {f"model.{name}": t.detach().cpu() for name, t in weights.items()}
+    tensors.update({f"optimizer.{index}.{key}": value.detach().cpu().reshape(-1) if value.dim() == 0 else
+                    value.detach().cpu() for index, entries in state["state"].items() for key, value in entries.items()})
+    _atomic_save(path, tensors, {"format": TRAINING_STATE_FORMAT, "param_groups": json.dumps(state["param_groups"]),
                                  "iterations": str(iterations)})
 
 
-def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> int:
-    """Restores the optimizer from `path`; returns the iterations it had done."""
+def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Restores the model and the optimizer from `path`; returns the iterations they had done."""
     tensors, header = _read(path)
-    state = {}
+    if header.get("format") != TRAINING_STATE_FORMAT:
+        raise CheckpointError(f"{Path(path).name} is not a fewshot training state ({TRAINING_STATE_FORMAT}).")
+    weights, state = {}, {}
     for name, value in tensors.items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value.reshape(()) if key == "step" else value
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(header["param_groups"])})
+        part, rest = name.split(".", 1)
+        if part == "model":
+            weights[rest] = value
+        else:
+            index, key = rest.split(".", 1)
+            state.setdefault(int(index), {})[key] = value.reshape(()) if key == "step" else value
+    try:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict({"state": state, "param_groups": json.loads(header["param_groups"])})
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{Path(path).name} does not fit this run's model: {error}".splitlines()[0]) from None
     return int(header["iterations"])
 
 
 def _read(path: Path) -> tuple[dict, dict]:
-    path = Path(path)
+    """Every tensor of a safetensors file, and its header's metadata."""
+    with _open(Path(path)) as f:
+        return {name: f.get_tensor(name) for name in f.keys()}, f.metadata() or {}
+
+
+def _open(path: Path):
+    """The safetensors file at `path`, open: its header is read and checked, its tensors' data not yet."""
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at {path}.")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return {name: f.get_tensor(name) for name in f.keys()}, f.metadata() or {}
+        return safe_open(str(path), framework="pt")
     except (SafetensorError, OSError, ValueError) as error:
+        reason = str(error).replace(str(path), path.name)  # not its folder: an upload's is the server's temp folder
         raise CheckpointError(f"{path.name} is not a readable safetensors file: corrupt, truncated, or "
-                              f"another format ({error}).") from None
+                              f"another format ({reason}).") from None
 
 
-def _check_weights(name: str, model: torch.nn.Module, tensors: dict) -> None:
-    expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
-    found = {key: tuple(t.shape) for key, t in tensors.items()}
+def _metadata(name: str, header: dict) -> dict:
+    """The fewshot metadata in a safetensors header, parsed and checked against REQUIRED_KEYS and the bounds."""
+    if header.get("format") != FORMAT or "fewshot" not in header:
+        raise CheckpointError(f"{name} is a safetensors file but not a fewshot checkpoint "
+                              f"(its metadata has no {FORMAT!r} format tag).")
+    text = header["fewshot"]
+    if len(text) > MAX_METADATA_CHARS:
+        raise CheckpointError(f"{name}: its metadata takes {len(text):,} characters, more than the "
+                              f"{MAX_METADATA_CHARS:,} a checkpoint's may.")
+    try:
+        metadata = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as error:  # also NaN, Infinity, a number of over 4300 digits, deep nesting
+        raise CheckpointError(f"{name}: its metadata is not valid JSON ({error}).") from None
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{name}: its metadata is not a JSON object of settings.")
+    missing = [key for key in REQUIRED_KEYS if key not in metadata]
+    if missing:
+        raise CheckpointError(f"{name}: its metadata lacks {', '.join(missing)}.")
+    for key, value in metadata.items():
+        _check_setting(name, key, value)
+    return metadata
+
+
+def _refuse_constant(constant: str):
+    raise ValueError(f"{constant} is not a number JSON allows")
+
+
+def _check_setting(name: str, key: str, value) -> None:
+    """CheckpointError unless the metadata's `key` holds a value loading accepts; keys without a rule pass."""
+    if key in WHOLE_NUMBER_BOUNDS:  # type() rather than isinstance: JSON's true and false are Python ints too
+        low, high = WHOLE_NUMBER_BOUNDS[key]
+        allowed, wanted = type(value) is int and low <= value <= high, f"a whole number from {low} to {high}"
+    elif key == "inner_lr":  # a float from JSON may be inf (1e400), which the bound refuses
+        allowed = type(value) in (int, float) and 0 <= value <= MAX_INNER_LR
+        wanted = f"a number from 0 to {MAX_INNER_LR}"
+    elif key in CHOICES:
+        allowed, wanted = value in CHOICES[key], f"one of {', '.join(CHOICES[key])}"
+    elif key == "accuracy":
+        allowed, wanted = isinstance(value, dict), "a JSON object"
+    else:
+        return
+    if not allowed:
+        raise CheckpointError(f"{name}: its metadata gives {key} as {reprlib.repr(value)}, which is not {wanted}.")
+
+
+def _shapes(metadata: dict) -> dict:
+    """The name and shape of every tensor of the model the metadata describes, built on the meta device:
+    shapes without memory."""
+    with torch.device("meta"):
+        model = model_from_metadata(metadata)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def _check_weights(name: str, expected: dict, f) -> None:
+    """CheckpointError unless the open file `f` holds exactly the `expected` tensors (name -> shape), as
+    float32. Reads the file's header only."""
+    found = set(f.keys())
     problems = [f"missing {key}" for key in expected if key not in found]
-    problems += [f"unexpected {key}" for key in found if key not in expected]
-    problems += [f"{key} has shape {found[key]}, expected {expected[key]}"
-                 for key in expected if key in found and found[key] != expected[key]]
+    problems += [f"unexpected {key}" for key in sorted(found - expected.keys())]
+    for key in expected:
+        if key in found:
+            tensor = f.get_slice(key)
+            shape, dtype = tuple(tensor.get_shape()), tensor.get_dtype()
+            if shape != expected[key]:
+                problems.append(f"{key} has shape {shape}, expected {expected[key]}")
+            elif dtype != "F32":
+                problems.append(f"{key} holds {dtype}, expected F32 (float32)")
     if problems:
         raise CheckpointError(f"{name}: the weights do not match the model its metadata describes: "
                               + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "") + ".")
 
 
 def _atomic_save(path: Path, tensors: dict, metadata: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    data = safetensors.torch.save(tensors, metadata=metadata)  # bytes: a full disk is then an OSError
+    files.replace_with(Path(path), lambda tmp: tmp.write_bytes(data))

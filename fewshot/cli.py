@@ -7,12 +7,14 @@ import time
 from pathlib import Path
 
 from .checkpoints import CheckpointError, load_checkpoint, record_accuracy
-from .config import Config
+from .config import MAX_SEED, Config
 from .evaluation import TEST_SEED, evaluate
 from .memory import keep_freed_memory
-from .omniglot import DatasetNotFound, load_omniglot, split_characters
+from .omniglot import DRAWINGS_PER_CHARACTER, DatasetNotFound, load_omniglot, split_characters
 from .tasks import TaskSampler
-from .training import CONFIG, RunInUse, train
+from .training import CHECKPOINT, CONFIG, RunInUse, train
+
+MAX_TEST_TASKS, MAX_TEST_INNER_STEPS = 100_000, 100  # evaluate: a few hours on a CPU at most
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -35,16 +37,37 @@ def config_from_args(args, base: dict | None = None) -> Config:
 def train_command(args) -> None:
     run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     if args.resume:
-        if not (run_dir / CONFIG).exists():
-            sys.exit(f"error: --resume needs an existing run directory with {CONFIG}; {run_dir} has none")
-        config = config_from_args(args, base=Config.load(run_dir / CONFIG).to_dict())
+        saved = saved_config(run_dir)
+        config = config_from_args(args, base=saved.to_dict())
     else:
         if (run_dir / CONFIG).exists():
             sys.exit(f"error: {run_dir} already holds a run; pass --resume to continue it, or another --run-dir")
         config = config_from_args(args)
     print(f"run directory: {run_dir}")
-    train(config, run_dir, resume=args.resume)
-    print(f"checkpoint: {run_dir / 'checkpoint.safetensors'}")
+    try:
+        train(config, run_dir, resume=args.resume)
+    except OSError as error:  # a full disk, a read-only folder: the run keeps its last checkpoint
+        then = "; once that is fixed, --resume continues the run" if (run_dir / CONFIG).exists() else ""
+        sys.exit(f"error: {os_error_message(error)}{then}")
+    print(f"checkpoint: {run_dir / CHECKPOINT}")
+
+
+def saved_config(run_dir: Path) -> Config:
+    """The configuration in a run directory, to resume it; exits with one line if there is none to read."""
+    path = run_dir / CONFIG
+    if not path.exists():
+        sys.exit(f"error: --resume needs an existing run directory with {CONFIG}; {run_dir} has none")
+    try:
+        return Config.load(path)
+    except ValueError as error:  # not JSON, not UTF-8 text, or not a configuration
+        sys.exit(f"error: {path} is not a run configuration that fewshot can read ({error}); "
+                 f"start a new run in another --run-dir")
+
+
+def os_error_message(error: OSError) -> str:
+    """'runs/x/config.json: No space left on device': the file the system names, if any, and its reason."""
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror or error}"
 
 
 def evaluate_command(args) -> None:
@@ -55,10 +78,13 @@ def evaluate_command(args) -> None:
     if args.record and args.seed != TEST_SEED:
         sys.exit("error: --record keeps accuracy on the test tasks every model shares; drop --seed")
     model, metadata = load_checkpoint(Path(args.checkpoint))
-    data = load_omniglot(args.data_root or Config().data_root)
     split = args.split or metadata["split"]
-    shots = args.shots or metadata["shots"]
+    shots = metadata["shots"] if args.shots is None else args.shots
     steps = metadata["test_inner_steps"] if args.inner_steps is None else args.inner_steps
+    problems = evaluation_problems(args.tasks, shots, args.queries, steps, args.seed)
+    if problems:
+        sys.exit("error: " + "; ".join(problems))
+    data = load_omniglot(args.data_root or Config().data_root)
     characters = split_characters(data, split)[args.characters]
     sampler = TaskSampler(data.ink, characters, metadata["ways"], shots, args.queries)
     result = evaluate(model, sampler, metadata["inner_lr"], steps, args.tasks, seed=args.seed,
@@ -68,6 +94,22 @@ def evaluate_command(args) -> None:
     if args.record:
         record_accuracy(Path(args.checkpoint), {"split": f"{split}/test", **result.to_dict()})
         print(f"recorded in the checkpoint's metadata as accuracy[{result.task!r}]")
+
+
+def evaluation_problems(tasks: int, shots: int, queries: int, steps: int, seed: int) -> list[str]:
+    """Why evaluate cannot measure these options, each in a phrase naming the option; [] when it can."""
+    checks = [
+        (1 <= tasks <= MAX_TEST_TASKS, f"--tasks must be between 1 and {MAX_TEST_TASKS}, got {tasks}"),
+        (shots >= 1, f"--shots must be at least 1, got {shots}"),
+        (queries >= 1, f"--queries must be at least 1, got {queries}"),
+        (shots + queries <= DRAWINGS_PER_CHARACTER,
+         f"shots + queries must be at most {DRAWINGS_PER_CHARACTER} (Omniglot has {DRAWINGS_PER_CHARACTER} "
+         f"drawings per character), got {shots} + {queries}"),
+        (0 <= steps <= MAX_TEST_INNER_STEPS,
+         f"--inner-steps must be between 0 and {MAX_TEST_INNER_STEPS}, got {steps}"),
+        (0 <= seed <= MAX_SEED, f"--seed must be between 0 and {MAX_SEED}, got {seed}"),
+    ]
+    return [problem for fine, problem in checks if not fine]
 
 
 def bench_command(args) -> None:
@@ -118,3 +160,7 @@ def main(argv=None) -> None:
         command(args)
     except (CheckpointError, DatasetNotFound, RunInUse, ValueError) as error:
         sys.exit(f"error: {error}")
+    except OSError as error:  # a full disk, a read-only folder: files are written whole or not at all
+        sys.exit(f"error: {os_error_message(error)}")
+    except KeyboardInterrupt:  # a second Ctrl-C: every file is whole, so a run resumes from its last save
+        sys.exit("interrupted")

@@ -2,11 +2,19 @@
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import files
+from .omniglot import DRAWINGS_PER_CHARACTER
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+MAX_SEED = 2**32 - 1  # torch takes seeds below 2**64; training's task seeds are seed * 1,000,000 + iteration
+# What a resumed run keeps: its model's shape, and the tasks it meta-trains and is tested on. The rest (the
+# learning rates, the queries, the iterations, the algorithm, the device, ...) may change when it resumes.
+KEPT_ON_RESUME = ("backbone", "channels", "blocks", "ways", "shots", "split")
 
 
 def default_data_root() -> str:
@@ -24,8 +32,10 @@ def default_data_root() -> str:
     return str(candidates[0])
 
 
-def _option(default, help: str, choices=None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _option(default, help: str, choices=None, at_least=None, above=None, at_most=None):
+    """A Config field: its default, its help, and the values it takes (choices, or bounds for a number)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "at_least": at_least,
+                                            "above": above, "at_most": at_most})
 
 
 @dataclass
@@ -33,55 +43,51 @@ class Config:
     # What is learned
     algorithm: str = _option("maml", "maml (second order) or fomaml (first-order MAML)", ("maml", "fomaml"))
     backbone: str = _option("conv", "conv (strided 3x3 convs) or fc (784-256-128-64-64)", ("conv", "fc"))
-    channels: int = _option(64, "conv: channels per block")
-    blocks: int = _option(4, "conv: number of conv blocks")
+    channels: int = _option(64, "conv: channels per block", at_least=1, at_most=1024)
+    blocks: int = _option(4, "conv: number of conv blocks", at_least=1, at_most=8)
     # The tasks
-    ways: int = _option(5, "classes per task (N)")
-    shots: int = _option(1, "support examples per class (K)")
-    queries: int = _option(5, "query examples per class, used for the outer loss")
+    ways: int = _option(5, "classes per task (N)", at_least=2, at_most=1000)
+    shots: int = _option(1, "support examples per class (K)", at_least=1, at_most=DRAWINGS_PER_CHARACTER - 1)
+    queries: int = _option(5, "query examples per class, used for the outer loss", at_least=1)
     split: str = _option("lake", "lake (background/evaluation alphabets) or maml-paper (1200/423 characters)",
                          ("lake", "maml-paper"))
     augment: str = _option("none", "random changes to each meta-training drawing: none, or affine (shift up to "
                                    "2 pixels, scale by 0.9 to 1.1, rotate up to 10 degrees)", ("none", "affine"))
     data_root: str = _option("", "folder holding omniglot-py/ (default: env FEWSHOT_DATA, ./data/omniglot, ../shared/omniglot)")
     # The inner loop: theta'_i = theta - inner_lr * grad L_Ti(theta), inner_steps times
-    inner_steps: int = _option(1, "gradient steps on each task's support set while meta-training")
-    inner_lr: float = _option(0.4, "inner-loop learning rate (alpha)")
+    inner_steps: int = _option(1, "gradient steps on each task's support set while meta-training", at_least=0,
+                               at_most=100)
+    inner_lr: float = _option(0.4, "inner-loop learning rate (alpha)", at_least=0, at_most=100)
     # The outer loop: theta <- Adam(theta, grad sum_i L_Ti(theta'_i))
-    outer_lr: float = _option(0.001, "Adam learning rate of the meta-update (beta)")
-    meta_batch: int = _option(32, "tasks per meta-update")
-    iterations: int = _option(1000, "meta-updates in total")
+    outer_lr: float = _option(0.001, "Adam learning rate of the meta-update (beta)", above=0)
+    meta_batch: int = _option(32, "tasks per meta-update", at_least=1)
+    iterations: int = _option(1000, "meta-updates in total", at_least=1, at_most=10**9)
     engine: str = _option("fewshot", "fewshot (torch.func, vmapped) or learn2learn (the notebook's loop)",
                           ("fewshot", "learn2learn"))
     device: str = _option("auto", "where to meta-train: auto (a CUDA GPU if torch sees one, else the CPU), cpu "
                                   "or cuda", ("auto", "cpu", "cuda"))
-    seed: int = _option(0, "seed of the initial weights and of the task sequence")
+    seed: int = _option(0, "seed of the initial weights and of the task sequence", at_least=0, at_most=MAX_SEED)
     init_from: str = _option("", "checkpoint whose weights start the run instead of random ones; a classifier "
                                  "for another number of ways starts random (default: none)")
     # Monitoring
-    val_every: int = _option(25, "iterations between validations")
-    val_tasks: int = _option(64, "held-out tasks per validation")
-    checkpoint_every: int = _option(100, "iterations between checkpoints")
-    test_tasks: int = _option(600, "test tasks for the final evaluation (0 skips it)")
-    test_inner_steps: int = _option(3, "inner steps at test time")
+    val_every: int = _option(25, "iterations between validations", at_least=1)
+    val_tasks: int = _option(64, "held-out tasks per validation", at_least=1)
+    checkpoint_every: int = _option(100, "iterations between checkpoints", at_least=1)
+    test_tasks: int = _option(600, "test tasks for the final evaluation (0 skips it)", at_least=0)
+    test_inner_steps: int = _option(3, "inner steps at test time", at_least=0, at_most=100)
 
     def __post_init__(self):
-        if not self.data_root:
+        """ValueError naming every field that is wrong, all in one message (the app's form shows it)."""
+        if self.data_root == "":
             self.data_root = default_data_root()
-        for name in ("ways", "shots", "queries", "meta_batch", "iterations", "val_every", "val_tasks",
-                     "checkpoint_every", "channels", "blocks"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("inner_steps", "test_tasks", "test_inner_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
-        if self.shots + self.queries > 20:
-            raise ValueError(f"shots + queries must be at most 20 (Omniglot has 20 drawings per character), "
-                             f"got {self.shots} + {self.queries}")
+        problems = {f.name: problem for f in dataclasses.fields(self)
+                    if (problem := field_problem(f, getattr(self, f.name)))}
+        if not {"shots", "queries"} & problems.keys() and self.shots + self.queries > DRAWINGS_PER_CHARACTER:
+            problems["shots + queries"] = (
+                f"shots + queries must be at most {DRAWINGS_PER_CHARACTER} (Omniglot has {DRAWINGS_PER_CHARACTER} "
+                f"drawings per character), got {self.shots} + {self.queries}")
+        if problems:
+            raise ValueError("; ".join(problems.values()))
 
     @property
     def first_order(self) -> bool:
@@ -92,6 +98,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
+        """The Config of a dict read from JSON, say; ValueError (never TypeError) for anything it cannot hold."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a configuration is a JSON object of option names and values, not {values!r}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -99,8 +108,43 @@ class Config:
         return cls(**values)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        files.write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "Config":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def field_problem(field: dataclasses.Field, value) -> str | None:
+    """Why `value` cannot be the value of this Config field, or None if it can.
+
+    Values come from the command line, the app's form, and JSON files that anyone may edit: a string, a
+    fraction, true, or nan where a number of ways belongs is reported here, not as an error deep in torch.
+    """
+    name, kind, limits = field.name, type(field.default), field.metadata
+    if limits["choices"]:
+        return None if value in limits["choices"] else \
+            f"{name} must be one of {', '.join(limits['choices'])}, got {value!r}"
+    if kind is str:
+        return None if isinstance(value, str) else f"{name} must be text, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
+        return f"{name} must be {'a whole number' if kind is int else 'a number'}, got {value!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}"
+    if limits["at_least"] is not None and value < limits["at_least"]:
+        return f"{name} must be at least {limits['at_least']}, got {value}"
+    if limits["above"] is not None and value <= limits["above"]:
+        return f"{name} must be greater than {limits['above']}, got {value}"
+    if limits["at_most"] is not None and value > limits["at_most"]:
+        return f"{name} must be at most {limits['at_most']}, got {value}"
+    return None
+
+
+def changes_refused_on_resume(saved: Config, new: Config) -> list[str]:
+    """The fields (of KEPT_ON_RESUME) in which `new` differs from the `saved` configuration of a run.
+
+    A resumed run keeps its model's shape, so that its saved weights fit, and its tasks, so that its curve and
+    its test accuracy measure one thing. A run that should change them is a new run (--init-from can start it
+    from the old run's checkpoint).
+    """
+    return [name for name in KEPT_ON_RESUME if getattr(saved, name) != getattr(new, name)]

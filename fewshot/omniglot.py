@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
+
+from . import files
 
 IMAGE_SIZE = 28
 DRAWINGS_PER_CHARACTER = 20
@@ -23,9 +25,30 @@ SETS = ("images_background", "images_evaluation")
 CACHE_VERSION = "1"
 SPLITS = ("lake", "maml-paper")
 
+# Omniglot's alphabets and how many characters each has: 30 background alphabets (964 characters), 20
+# evaluation alphabets (659 characters). A dataset with less, a copy cut short, is refused. Tests replace it.
+ALPHABETS = {
+    "images_background": {
+        "Alphabet_of_the_Magi": 20, "Anglo-Saxon_Futhorc": 29, "Arcadian": 26, "Armenian": 41,
+        "Asomtavruli_(Georgian)": 40, "Balinese": 24, "Bengali": 46,
+        "Blackfoot_(Canadian_Aboriginal_Syllabics)": 14, "Braille": 26, "Burmese_(Myanmar)": 34, "Cyrillic": 33,
+        "Early_Aramaic": 22, "Futurama": 26, "Grantha": 43, "Greek": 24, "Gujarati": 48, "Hebrew": 22,
+        "Inuktitut_(Canadian_Aboriginal_Syllabics)": 16, "Japanese_(hiragana)": 52, "Japanese_(katakana)": 47,
+        "Korean": 40, "Latin": 26, "Malay_(Jawi_-_Arabic)": 40, "Mkhedruli_(Georgian)": 41, "N_Ko": 33,
+        "Ojibwe_(Canadian_Aboriginal_Syllabics)": 14, "Sanskrit": 42, "Syriac_(Estrangelo)": 23, "Tagalog": 17,
+        "Tifinagh": 55,
+    },
+    "images_evaluation": {
+        "Angelic": 20, "Atemayar_Qelisayer": 26, "Atlantean": 26, "Aurek-Besh": 26, "Avesta": 26, "Ge_ez": 26,
+        "Glagolitic": 45, "Gurmukhi": 45, "Kannada": 41, "Keble": 26, "Malayalam": 47, "Manipuri": 40,
+        "Mongolian": 30, "Old_Church_Slavonic_(Cyrillic)": 45, "Oriya": 46, "Sylheti": 28, "Syriac_(Serto)": 23,
+        "Tengwar": 25, "Tibetan": 42, "ULOG": 26,
+    },
+}
+
 
 class DatasetNotFound(RuntimeError):
-    pass
+    """Omniglot is missing, incomplete or has a corrupt drawing; the message says what and what to do."""
 
 
 @dataclass
@@ -48,40 +71,101 @@ def preprocess_drawing(image: Image.Image) -> np.ndarray:
 
 
 def uint8_to_ink(grey: torch.Tensor) -> torch.Tensor:
-    return 1.0 - grey.float() / 255.0
+    """1 - grey / 255, computed in place: one float copy of all Omniglot (100 MB), not three."""
+    return grey.to(torch.float32, copy=True).div_(-255.0).add_(1.0)
 
 
 def load_omniglot(root: str, cache_dir: str | None = None, download: bool = True) -> Omniglot:
-    """Omniglot from `root`/omniglot-py, preprocessed on first use and cached (safetensors, no pickle)."""
+    """Omniglot from `root`/omniglot-py, preprocessed on first use and cached (safetensors, no pickle).
+
+    The cache is named after the list of PNG files and their sizes, so a dataset that changes (a file added,
+    removed or of another size) is preprocessed again; an unreadable cache file is rebuilt.
+    """
     root = Path(root).expanduser().resolve()
-    cache = _cache_path(root, cache_dir)
-    if not cache.exists():
-        _ensure_present(root, download)
-        grey, characters = _read_folders(root)
+    _ensure_present(root, download)
+    drawings = _list_drawings(root / "omniglot-py")
+    _check_complete(drawings, root)
+    characters = list(drawings)
+    cache = _cache_path(drawings, cache_dir)
+    grey = _read_cache(cache, characters)
+    if grey is None:
+        grey = _preprocess(root, drawings)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        save_file({"grey": grey}, str(tmp), metadata={"characters": json.dumps(characters),
-                                                        "version": CACHE_VERSION})
-        os.replace(tmp, cache)
-    with safe_open(str(cache), framework="pt") as f:
-        grey, characters = f.get_tensor("grey"), json.loads(f.metadata()["characters"])
+        metadata = {"characters": json.dumps(characters), "version": CACHE_VERSION}
+        data = safetensors.torch.save({"grey": grey}, metadata=metadata)  # bytes: a full disk is an OSError
+        files.replace_with(cache, lambda tmp: tmp.write_bytes(data))
     return Omniglot(ink=uint8_to_ink(grey), characters=characters)
 
 
-def _cache_path(root: Path, cache_dir: str | None) -> Path:
+def _list_drawings(folder: Path) -> dict[str, list]:
+    """Each character ("images_background/<alphabet>/<character>") with its PNG files as sorted (name, size).
+
+    Only directory listings and file sizes, no image decoding: a fraction of a second for all of Omniglot.
+    """
+    drawings = {}
+    for name in SETS:
+        for alphabet in _sorted_folders(folder / name):
+            for character in _sorted_folders(alphabet.path):
+                with os.scandir(character.path) as entries:
+                    pngs = sorted((e.name, e.stat().st_size) for e in entries if e.name.endswith(".png"))
+                drawings[f"{name}/{alphabet.name}/{character.name}"] = pngs
+    return drawings
+
+
+def _sorted_folders(path) -> list:
+    with os.scandir(path) as entries:
+        return sorted((e for e in entries if e.is_dir()), key=lambda e: e.name)
+
+
+def _check_complete(drawings: dict, root: Path) -> None:
+    """Raises DatasetNotFound naming all that `drawings` lacks against ALPHABETS: a half-copied dataset."""
+    problems = []
+    for name, expected in ALPHABETS.items():
+        found = [c.split("/")[1] for c in drawings if c.startswith(f"{name}/")]
+        missing = [alphabet for alphabet in expected if alphabet not in found]
+        if missing:
+            problems.append(f"{name} has {len(expected) - len(missing)} of {len(expected)} alphabets "
+                            f"(missing {_first_few(missing)})")
+        short = [f"{alphabet} has {found.count(alphabet)} of {count}" for alphabet, count in expected.items()
+                 if 0 < found.count(alphabet) < count]
+        if short:
+            problems.append(f"{name} alphabets lack characters ({_first_few(short)})")
+    uneven = [f"{c} has {len(pngs)}" for c, pngs in drawings.items() if len(pngs) != DRAWINGS_PER_CHARACTER]
+    if uneven:
+        problems.append(f"characters without {DRAWINGS_PER_CHARACTER} drawings ({_first_few(uneven)})")
+    if problems:
+        raise DatasetNotFound(f"Omniglot in {root / 'omniglot-py'} is incomplete: {'; '.join(problems)}. "
+                              f"Finish copying it, or delete that folder to download it again.")
+
+
+def _first_few(names: list, shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+def _cache_path(drawings: dict, cache_dir: str | None) -> Path:
     cache_dir = Path(cache_dir or os.environ.get("FEWSHOT_CACHE") or Path.home() / ".cache" / "fewshot")
-    key = hashlib.sha1(str(root).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps(drawings).encode()).hexdigest()[:12]
     return cache_dir / f"omniglot{IMAGE_SIZE}-v{CACHE_VERSION}-{key}.safetensors"
+
+
+def _read_cache(cache: Path, characters: list) -> torch.Tensor | None:
+    """The cached drawings of `characters`; None when the file is missing, unreadable or of other characters."""
+    try:
+        with safe_open(str(cache), framework="pt") as f:
+            if json.loads(f.metadata()["characters"]) == characters:
+                return f.get_tensor("grey")
+    except (OSError, SafetensorError, KeyError, TypeError, ValueError):  # TypeError: no metadata at all
+        pass
+    return None
 
 
 def _ensure_present(root: Path, download: bool) -> None:
     missing = [s for s in SETS if not (root / "omniglot-py" / s).is_dir()]
     if not missing:
         return
-    layout = (f"Expected Omniglot in torchvision's layout under {root}:\n"
-              f"  {root}/omniglot-py/images_background/<alphabet>/<character>/<drawing>.png  (30 alphabets)\n"
-              f"  {root}/omniglot-py/images_evaluation/<alphabet>/<character>/<drawing>.png  (20 alphabets)\n"
-              f"Point --data-root (or FEWSHOT_DATA) at the folder that holds omniglot-py/.")
+    layout = (f"Expected Omniglot in torchvision's layout under {root}: omniglot-py/images_background/<alphabet>/"
+              f"<character>/<drawing>.png (30 alphabets) and omniglot-py/images_evaluation/... (20 alphabets); "
+              f"point --data-root (or FEWSHOT_DATA) at the folder that holds omniglot-py/.")
     if not download:
         raise DatasetNotFound(layout)
     from torchvision.datasets import Omniglot as TorchvisionOmniglot
@@ -89,20 +173,26 @@ def _ensure_present(root: Path, download: bool) -> None:
         for name in missing:  # torchvision shows a progress bar while it downloads
             TorchvisionOmniglot(str(root), background=(name == "images_background"), download=True)
     except Exception as error:  # offline, or the server refused: say what we needed
-        raise DatasetNotFound(f"Could not download Omniglot ({error}).\n{layout}") from error
+        raise DatasetNotFound(f"Could not download Omniglot ({error}). {layout}") from error
 
 
-def _read_folders(root: Path) -> tuple[torch.Tensor, list]:
-    folders = sorted(p for s in SETS for p in (root / "omniglot-py" / s).glob("*/*") if p.is_dir())
-    grey = np.empty((len(folders), DRAWINGS_PER_CHARACTER, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    for c, folder in enumerate(tqdm(folders, desc="Preprocessing Omniglot (once)", unit="character")):
-        drawings = sorted(folder.glob("*.png"))
-        if len(drawings) != DRAWINGS_PER_CHARACTER:
-            raise DatasetNotFound(f"{folder} has {len(drawings)} drawings, expected {DRAWINGS_PER_CHARACTER}")
-        for d, path in enumerate(drawings):
-            grey[c, d] = preprocess_drawing(Image.open(path))
-    characters = [str(f.relative_to(root / "omniglot-py")) for f in folders]
-    return torch.from_numpy(grey), characters
+def _preprocess(root: Path, drawings: dict) -> torch.Tensor:
+    grey = np.empty((len(drawings), DRAWINGS_PER_CHARACTER, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    for c, (character, pngs) in enumerate(tqdm(drawings.items(), desc="Preprocessing Omniglot (once)",
+                                               unit="character")):
+        for d, (name, _size) in enumerate(pngs):
+            grey[c, d] = _read_drawing(root, f"omniglot-py/{character}/{name}")
+    return torch.from_numpy(grey)
+
+
+def _read_drawing(root: Path, relative_path: str) -> np.ndarray:
+    try:
+        with Image.open(root / relative_path) as image:
+            image.load()  # PIL reads lazily: decode the whole file here, where a bad one is caught
+            return preprocess_drawing(image)
+    except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for a corrupt or truncated PNG
+        raise DatasetNotFound(f"{relative_path} in {root} is corrupt or truncated: copy it again "
+                              f"from the original Omniglot.") from error
 
 
 def split_characters(data: Omniglot, split: str) -> dict:

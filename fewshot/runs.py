@@ -8,8 +8,11 @@ three written here:
     stop_requested  written by stop(): the run was asked to stop, so ending early is not a failure
     train.log       the process' output; its last line says why a failed run failed
 A run's status is read from these files alone, so every page, browser tab and server sees the same runs.
+Any of them may be missing, half-written or garbled (a crash, a disk error, a hand edit, a folder deleted
+while a page shows it): what cannot be read counts as missing.
 """
 
+import fcntl
 import json
 import os
 import re
@@ -17,17 +20,22 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import files, limits, metrics
 from .config import REPO_ROOT, Config
 from .omniglot import SETS
-from .training import CHECKPOINT, CONFIG, EVALUATION, read_metrics
+from .training import CHECKPOINT, CONFIG, EVALUATION, METRICS
 
 LAUNCH, STOP_REQUESTED, LOG = "launch.json", "stop_requested", "train.log"
+START_LOCK = ".start.lock"  # in the runs folder: held while runs are counted and one starts (admission)
 RUNNING, FINISHED, STOPPED, FAILED = "running", "finished", "stopped", "failed"
 CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_READERS = 64  # metrics readers kept, for the runs read last; each holds its run's records (59,000: 47 MB)
 
 OMNIGLOT_HELP = """\
 Omniglot is not at `{root}`. To get it, either:
@@ -84,9 +92,12 @@ class Run:
         return f"Run({str(self.path)!r})"
 
     def launch(self) -> dict:
-        """What start() recorded; {} for a run started from the command line."""
-        path = self.path / LAUNCH
-        return json.loads(path.read_text()) if path.exists() else {}
+        """What start() recorded; {} for a run started from the command line, or where launch.json is unreadable."""
+        try:
+            launch = json.loads((self.path / LAUNCH).read_text())
+        except (OSError, ValueError):  # missing, or not JSON
+            return {}
+        return launch if _valid_launch(launch) else {}
 
     def config(self) -> Config:
         """The run's configuration: config.json as training wrote it, else (not yet written, or being written)
@@ -102,11 +113,18 @@ class Run:
         launch = self.launch()
         if "started" in launch:
             return launch["started"]
-        return (self.path / CONFIG).stat().st_mtime if (self.path / CONFIG).exists() else 0.0
+        try:
+            return (self.path / CONFIG).stat().st_mtime
+        except OSError:
+            return 0.0
 
     def metrics(self) -> list:
-        """The records written so far (see training.read_metrics)."""
-        return read_metrics(self.path)
+        """The records written so far. The list is shared by every viewer of the run: do not change it."""
+        return _metrics_reader(self.path).read()[0]
+
+    def unreadable_lines(self) -> int:
+        """How many lines of metrics.jsonl are not records, and were skipped (a disk error, a hand edit)."""
+        return _metrics_reader(self.path).read()[1]
 
     def evaluation(self) -> dict | None:
         """Test accuracy and its interval, once the run has finished (None while evaluation.json is written)."""
@@ -139,12 +157,12 @@ class Run:
 
     def error(self) -> str | None:
         """For a failed run, the last line of its output, which names the error."""
-        log = self.path / LOG
-        if not log.exists():
+        try:
+            with open(self.path / LOG, "rb") as f:  # the end of the log only: a long run's log holds many lines
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+                lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+        except FileNotFoundError:
             return None
-        with open(log, "rb") as f:  # the end of the log only: a long run's log holds many progress lines
-            f.seek(max(0, log.stat().st_size - 4096))
-            lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
         return lines[-1].strip() if lines else None
 
     def progress(self) -> Progress:
@@ -210,16 +228,67 @@ def list_runs(root: Path | None = None) -> list:
     return sorted((run for run in runs if _readable(run)), key=lambda run: run.started(), reverse=True)
 
 
-def start(config: Config, root: Path | None = None, comparison: str | None = None, threads: int = 1) -> Run:
+def start(config: Config, root: Path | None = None, threads: int = 1) -> Run:
     """Starts `python -m fewshot train` for `config` in a new run directory under `root`; returns at once.
+
+    ValueError, naming every problem, when `config` asks more than this server allows or enough runs are
+    training already (admission).
 
     `threads`: the process' torch threads (OMP_NUM_THREADS). One by default: on a two-core machine that is also
     serving the app and drawing its charts, two threads per run were 13 times slower than one (the quick class
     demo, 3.1 against 0.23 s per meta-update, with other work on the cores), their OpenMP threads waiting for
     each other whenever a core is taken.
     """
-    name = f"{comparison or time.strftime('%Y%m%d-%H%M%S')}-{config.algorithm}"
-    run_dir = _new_run_dir(Path(root or runs_root()).resolve(), name)
+    root = Path(root or runs_root()).resolve()
+    with admission([config], root):
+        return _launch(config, root, threads=threads)
+
+
+def start_comparison(config: Config, root: Path | None = None) -> list:
+    """MAML and FOMAML on `config`: same seed, so the same initial weights and the same tasks (training.py).
+
+    Both run at once, one torch thread each, so that on a two-core machine each has a core of its own and
+    their seconds per iteration compare fairly. Both start, or neither (a ValueError, as for start).
+    """
+    root = Path(root or runs_root()).resolve()
+    comparison = time.strftime("%Y%m%d-%H%M%S") + "-compare"
+    configs = [Config.from_dict({**config.to_dict(), "algorithm": algorithm}) for algorithm in ("maml", "fomaml")]
+    with admission(configs, root):
+        return [_launch(config, root, comparison) for config in configs]
+
+
+@contextmanager
+def admission(configs: list, root: Path):
+    """Lets runs of `configs` start in the runs folder `root` inside the `with` block; else ValueError, naming
+    every problem: a configuration over this server's limits (limits.check), or more runs training at once
+    than limits.max_runs() allows, counting those under `root` and these.
+
+    The count and the start happen under an exclusive lock of a file in `root` (flock), so that two sessions,
+    or two servers, pressing Start at once cannot both pass the count before either run exists.
+    """
+    problems = list(dict.fromkeys(problem for config in configs for problem in limits.check(config)))
+    if problems:  # dict.fromkeys: a comparison's two configurations have the same problems; each is said once
+        raise ValueError("\n".join(problems))
+    limit = limits.max_runs()
+    if len(configs) > limit:
+        raise ValueError(f"A comparison trains {len(configs)} runs at once; this server trains at most {limit} "
+                         "(FEWSHOT_MAX_RUNS).")
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / START_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # waits for any other start; released when the file is closed
+        running = [run for run in list_runs(root) if run.is_running()]
+        if len(running) + len(configs) > limit:
+            count = f"{len(running)} run is" if len(running) == 1 else f"{len(running)} runs are"
+            together = f", and a comparison starts {len(configs)} at once" if len(configs) > 1 else ""
+            raise ValueError(f"{count} training (limit {limit}){together}: "
+                             f"{', '.join(run.name for run in running)}. Stop one, or wait.")
+        yield
+
+
+def _launch(config: Config, root: Path, comparison: str | None = None, threads: int = 1) -> Run:
+    """Starts the training process of `config` in a new run directory under `root`, named after the comparison
+    or the time, and the algorithm."""
+    run_dir = _new_run_dir(root, f"{comparison or time.strftime('%Y%m%d-%H%M%S')}-{config.algorithm}")
     command = [sys.executable, "-m", "fewshot", "train", "--run-dir", str(run_dir)] + config_arguments(config)
     environment = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                        TQDM_MININTERVAL="10")  # the log gets a progress line every 10 s, not every iteration
@@ -228,19 +297,8 @@ def start(config: Config, root: Path | None = None, comparison: str | None = Non
                                    stderr=subprocess.STDOUT, start_new_session=True)
     launch = {"pid": process.pid, "started": time.time(), "command": command, "config": config.to_dict(),
               "comparison": comparison, "threads": threads}
-    _write_atomically(run_dir / LAUNCH, json.dumps(launch, indent=2) + "\n")
+    files.write_text(run_dir / LAUNCH, json.dumps(launch, indent=2) + "\n")
     return Run(run_dir)
-
-
-def start_comparison(config: Config, root: Path | None = None) -> list:
-    """MAML and FOMAML on `config`: same seed, so the same initial weights and the same tasks (training.py).
-
-    Both run at once, one torch thread each, so that on a two-core machine each has a core of its own and
-    their seconds per iteration compare fairly.
-    """
-    comparison = time.strftime("%Y%m%d-%H%M%S") + "-compare"
-    return [start(Config.from_dict({**config.to_dict(), "algorithm": algorithm}), root, comparison)
-            for algorithm in ("maml", "fomaml")]
 
 
 def stop(run: Run) -> None:
@@ -260,22 +318,26 @@ def latest_comparison(runs: list) -> list:
 
 
 def keep_checkpoint(run: Run, name: str, directory: Path | None = None) -> Path:
-    """Copies the run's checkpoint to `directory`/`name`.safetensors (default checkpoints_dir()), atomically."""
+    """Copies the run's checkpoint to `directory`/`name`.safetensors (default checkpoints_dir()), atomically.
+
+    It never overwrites a file: of two sessions keeping the same name at once, one gets it, the other a ValueError.
+    """
     name = name.strip().removesuffix(".safetensors")
     if not CHECKPOINT_NAME.fullmatch(name):
         raise ValueError(f"{name!r} is not a usable name: use letters, digits, '-', '_' and '.', at most 64, "
                          "starting with a letter or digit.")
+    if not run.path.is_dir():
+        raise ValueError(f"Run {run.name} was deleted: its checkpoint is gone.")
     if not run.checkpoint.exists():
         raise ValueError(f"Run {run.name} has no checkpoint yet: it saves one every "
                          f"{run.config().checkpoint_every} iterations and when it ends.")
     directory = Path(directory or checkpoints_dir())
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{name}.safetensors"
-    if target.exists():
-        raise ValueError(f"{target.name} already exists in {directory}; choose another name.")
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.copyfile(run.checkpoint, tmp)
-    os.replace(tmp, target)
+    try:
+        files.create_with(target, lambda tmp: shutil.copyfile(run.checkpoint, tmp))
+    except FileExistsError:
+        raise ValueError(f"{target.name} already exists in {directory}; choose another name.") from None
     return target
 
 
@@ -294,6 +356,33 @@ def _new_run_dir(root: Path, name: str) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"could not make a new run directory for {name} in {root}")
+
+
+_readers, _readers_lock = {}, threading.Lock()  # metrics file -> its Reader, in the order of their last use
+
+
+def _metrics_reader(run_dir: Path) -> metrics.Reader:
+    """The reader of the run's metrics.jsonl that every viewer shares, so that a refresh reads only what was
+    appended since the last one. Of the runs read, the MAX_READERS read last keep theirs."""
+    path = Path(run_dir) / METRICS
+    with _readers_lock:
+        reader = _readers.pop(path, None) or metrics.Reader(path)
+        _readers[path] = reader
+        if len(_readers) > MAX_READERS:
+            del _readers[next(iter(_readers))]
+    return reader
+
+
+def _valid_launch(launch) -> bool:
+    """Whether launch.json holds what start() writes, as far as it is read here. A pid must be a process' id:
+    0 or a negative number would signal whole groups of processes."""
+    if not isinstance(launch, dict):
+        return False
+    pid, comparison = launch.get("pid"), launch.get("comparison")
+    return ((pid is None or type(pid) is int and pid > 0)
+            and type(launch.get("started", 0.0)) in (int, float)
+            and isinstance(launch.get("config", {}), dict)
+            and (comparison is None or isinstance(comparison, str)))
 
 
 def _readable(run: Run) -> bool:
@@ -324,9 +413,3 @@ def _process_alive(pid: int, run_dir: Path) -> bool:
         except OSError:
             return False
     return True
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -1,41 +1,46 @@
 """Meta-training runs: the one training function that the CLI and the app both use.
 
 A run lives in a directory:
-    config.json             the Config it was started with
-    metrics.jsonl           one JSON record per iteration, appended as training goes
-    checkpoint.safetensors  the model, with metadata (see checkpoints.py)
-    optimizer.safetensors   Adam's state, to resume exactly
-    evaluation.json         test accuracy with its 95 % interval, once training has finished
-    train.lock              locked while a process trains the run, so that a second one is refused
+    config.json                   the Config it was started with
+    metrics.jsonl                 one JSON record per iteration, appended as training goes (metrics.py)
+    checkpoint.safetensors        the model, with metadata (see checkpoints.py)
+    training_state.safetensors    the model and Adam's state together, to resume exactly
+    evaluation.json               test accuracy with its 95 % interval, once training has finished
+    train.lock                    locked while a process trains the run, so that a second one is refused
 Stopping (Ctrl-C, SIGTERM, or `should_stop()` returning True) ends the current iteration, saves, and
-returns; `resume=True` continues from the last checkpoint, on this device or another. The same seed gives the
-same curve on a CPU.
+returns; `resume=True` continues from the last saved iteration, on this device or another. Every file is
+written so that a crash or a kill at any moment leaves a run that resumes, its records matching its state.
+The same seed gives the same curve on a CPU.
 """
 
 import fcntl
 import json
+import os
 import resource
 import signal
+import socket
+import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from . import maml
-from .checkpoints import (checkpoint_metadata, load_checkpoint, load_training_state, record_accuracy,
-                          save_checkpoint, save_training_state)
-from .config import Config
+from . import files, maml, metrics
+from .checkpoints import (CheckpointError, checkpoint_metadata, load_checkpoint, load_training_state,
+                          record_accuracy, save_checkpoint, save_training_state)
+from .config import Config, changes_refused_on_resume
 from .evaluation import evaluate
 from .models import build_model
 from .omniglot import load_omniglot, split_characters
 from .tasks import TaskSampler
 
-CHECKPOINT, OPTIMIZER, METRICS, CONFIG, EVALUATION, LOCK = (
-    "checkpoint.safetensors", "optimizer.safetensors", "metrics.jsonl", "config.json", "evaluation.json",
+CHECKPOINT, TRAINING_STATE, METRICS, CONFIG, EVALUATION, LOCK = (
+    "checkpoint.safetensors", "training_state.safetensors", "metrics.jsonl", "config.json", "evaluation.json",
     "train.lock")
+STOP_GRACE = 3.0  # seconds a stop waits for the current iteration before it saves the last one and exits
 
 
 def meta_backward_of(engine: str):
@@ -104,59 +109,63 @@ def train(config: Config, run_dir: Path, resume: bool = False, should_stop=None,
     Only one process at a time may train a run directory: two would write over each other's records.
     """
     run_dir = Path(run_dir)
+    if resume and (run_dir / CONFIG).exists():
+        _refuse_changes(Config.load(run_dir / CONFIG), config, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _sole_trainer(run_dir):
-        return _train(config, run_dir, resume, should_stop, on_record, progress)
+    with _sole_trainer(run_dir), _stop_on_signals() as stop:  # a stop while loading data ends it too
+        return _train(config, run_dir, resume, stop, should_stop, on_record, progress)
 
 
-def _train(config: Config, run_dir: Path, resume: bool, should_stop, on_record, progress: bool) -> list:
+def _train(config: Config, run_dir: Path, resume: bool, stop, should_stop, on_record, progress: bool) -> list:
+    config.save(run_dir / CONFIG)  # first: from now on, whenever the process dies, the run can be resumed
     device = training_device(config.device)
     samplers = make_samplers(config)
     model = initial_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
-    start, seconds = _restore(run_dir, model, optimizer) if resume else (0, 0.0)
+    start, seconds = _restore(run_dir, model, optimizer, config) if resume else _begin(run_dir)
     if start == 0 and config.init_from:
         warm_start(model, config.init_from)
     for group in optimizer.param_groups:  # the configuration's, not the saved one: --resume --outer-lr lowers it
         group["lr"] = config.outer_lr
-    if not resume:
-        (run_dir / METRICS).write_text("")
-    config.save(run_dir / CONFIG)
     val_batch = samplers["val"].sample(config.val_tasks, seed=task_seed(config.seed, 0)).to(device=device)
     meta_backward = meta_backward_of(config.engine)
+    saver = stop.saves_with(_Saver(run_dir, model, optimizer, config, start))
 
     records, iteration = [], start
     bar = tqdm(total=config.iterations, initial=start, desc=f"{config.algorithm} {config.ways}w{config.shots}s",
                unit="it", disable=not progress)
-    with _stop_on_signals() as signalled, open(run_dir / METRICS, "a") as metrics:
-        while iteration < config.iterations and not (signalled.is_set() or (should_stop and should_stop())):
+    with open(run_dir / METRICS, "a") as metrics_file:
+        while iteration < config.iterations and not (stop.is_set() or (should_stop and should_stop())):
             iteration += 1
             tick = time.perf_counter()
             batch = samplers["train"].sample(config.meta_batch, seed=task_seed(config.seed, iteration))
             batch = batch.to(device=device)
             optimizer.zero_grad()
             loss, accuracy = meta_backward(model, batch, config.inner_lr, config.inner_steps, config.first_order)
-            optimizer.step()
             record = {"iteration": iteration, "train_loss": loss, "train_accuracy": accuracy}
-            if iteration % config.val_every == 0 or iteration == config.iterations:
-                record.update(validate(model, val_batch, config))
-            elapsed = time.perf_counter() - tick
-            seconds += elapsed
-            record.update(seconds=round(seconds, 4), tasks_per_second=round(config.meta_batch / elapsed, 2),
-                          peak_memory_mb=peak_memory_mb())
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
+            with saver.lock:  # the update and its record: a stop never comes between them
+                optimizer.step()
+                if iteration % config.val_every == 0 or iteration == config.iterations:
+                    record.update(validate(model, val_batch, config))
+                elapsed = time.perf_counter() - tick
+                seconds += elapsed
+                record.update(seconds=round(seconds, 4), tasks_per_second=round(config.meta_batch / elapsed, 2),
+                              peak_memory_mb=peak_memory_mb())
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                saver.done = iteration
+                if iteration % config.checkpoint_every == 0:
+                    saver.save()
             records.append(record)
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}", refresh=False)
             bar.update(1)  # redraws at most every `mininterval` seconds (the app's runs: TQDM_MININTERVAL)
             if on_record:
                 on_record(record)
-            if iteration % config.checkpoint_every == 0:
-                _save(run_dir, model, optimizer, config, iteration)
     bar.close()
-    _save(run_dir, model, optimizer, config, iteration)
-    if iteration == config.iterations and config.test_tasks:
-        finish(run_dir, model, config, samplers["test"], progress)
+    with saver.lock:
+        saver.save()
+    if iteration == config.iterations and config.test_tasks and not stop.is_set():
+        finish(run_dir, model, config, samplers["test"], progress, saver.lock)
     return records
 
 
@@ -167,15 +176,18 @@ def validate(model, val_batch, config: Config) -> dict:
     return {"val_loss": losses.mean().item(), "val_accuracy": accuracies.mean().item()}
 
 
-def finish(run_dir: Path, model, config: Config, test_sampler: TaskSampler, progress: bool = True) -> dict:
-    """Evaluates on the test split, writes evaluation.json and records the accuracy in the checkpoint."""
+def finish(run_dir: Path, model, config: Config, test_sampler: TaskSampler, progress: bool = True,
+           lock=None) -> dict:
+    """Evaluates on the test split, records the accuracy in the checkpoint and writes evaluation.json
+    (both under `lock`, so that a stop ending the process writes both or neither)."""
     bar = tqdm(total=config.test_tasks, desc="test tasks", disable=not progress)
     result = evaluate(model, test_sampler, config.inner_lr, config.test_inner_steps, config.test_tasks,
                       on_progress=lambda done, total: bar.update(done - bar.n))
     bar.close()
     summary = {"split": f"{config.split}/test", **result.to_dict()}
-    (run_dir / EVALUATION).write_text(json.dumps(summary, indent=2) + "\n")
-    record_accuracy(run_dir / CHECKPOINT, summary)
+    with lock or nullcontext():
+        record_accuracy(run_dir / CHECKPOINT, summary)
+        files.write_text(run_dir / EVALUATION, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -184,32 +196,63 @@ def peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def read_metrics(run_dir: Path) -> list:
-    """The records written so far. A line still being written, without its newline, is left out."""
-    path = Path(run_dir) / METRICS
-    if not path.exists():
-        return []
-    complete = path.read_text().rpartition("\n")[0]
-    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+class _Saver:
+    """Saves a run's model and optimizer; knows the iterations done and the iterations saved.
+
+    Its `lock` is held while an iteration updates the model and writes its record, and while saving; so a
+    stop that cannot wait for the end of an iteration can take the lock, save the last one done, and end.
+    """
+
+    def __init__(self, run_dir: Path, model, optimizer, config: Config, iteration: int):
+        # The parameters themselves, which the optimizer updates in place: while torch.func transforms run,
+        # the model's attributes hold their stand-ins, which another thread cannot save.
+        self.weights = dict(model.named_parameters())
+        self.run_dir, self.optimizer, self.config = run_dir, optimizer, config
+        self.done = self.saved = iteration
+        self.lock = threading.Lock()
+
+    def save(self) -> None:
+        """Saves the iterations done, unless they are saved already. The training state, one file, is what
+        resumes a run; the checkpoint (the model for the app) follows it, and _restore rewrites it from the
+        training state, should the process die between the two."""
+        if self.done == self.saved:
+            return
+        save_training_state(self.run_dir / TRAINING_STATE, self.weights, self.optimizer, self.done)
+        save_checkpoint(self.run_dir / CHECKPOINT, self.weights, checkpoint_metadata(self.config, self.done))
+        self.saved = self.done
 
 
-def _save(run_dir: Path, model, optimizer, config: Config, iteration: int) -> None:
-    # Optimizer first: a checkpoint is only ever newer than or as new as the state that resumes it.
-    save_training_state(run_dir / OPTIMIZER, optimizer, iteration)
-    save_checkpoint(run_dir / CHECKPOINT, model, checkpoint_metadata(config, iteration))
+def _refuse_changes(saved: Config, config: Config, run_dir: Path) -> None:
+    """ValueError if `config` changes what a resumed run must keep (see config.changes_refused_on_resume)."""
+    changed = changes_refused_on_resume(saved, config)
+    if not changed:
+        return
+    asked = ", ".join(f"{name} (the run has {getattr(saved, name)}, you asked for {getattr(config, name)})"
+                      for name in changed)
+    same_network = not {"backbone", "channels", "blocks"} & set(changed)  # what --init-from needs
+    start = f" (--init-from {run_dir / CHECKPOINT} starts it from this run's weights)" if same_network else ""
+    raise ValueError(f"--resume cannot change {asked}; start a new run in another --run-dir{start}")
 
 
-def _restore(run_dir: Path, model, optimizer) -> tuple[int, float]:
-    """Loads the last checkpoint; drops metrics recorded after it. Returns (iteration, seconds trained)."""
-    if not (run_dir / CHECKPOINT).exists():
-        return 0, 0.0
-    saved, metadata = load_checkpoint(run_dir / CHECKPOINT)
-    model.load_state_dict(saved.state_dict())
-    iteration = metadata["iterations"]
-    if load_training_state(run_dir / OPTIMIZER, optimizer) != iteration:
-        raise RuntimeError(f"{run_dir}: the optimizer state and the checkpoint are from different iterations")
-    kept = [r for r in read_metrics(run_dir) if r["iteration"] <= iteration]
-    (run_dir / METRICS).write_text("".join(json.dumps(r) + "\n" for r in kept))
+def _begin(run_dir: Path) -> tuple[int, float]:
+    """A new run: no records, no saved state. Returns (iteration, seconds trained), both zero."""
+    files.write_text(run_dir / METRICS, "")
+    (run_dir / TRAINING_STATE).unlink(missing_ok=True)
+    return 0, 0.0
+
+
+def _restore(run_dir: Path, model, optimizer, config: Config) -> tuple[int, float]:
+    """Loads the last saved training state, rewrites the checkpoint from it, and cuts the metrics back to it
+    (all of them if the run died before its first save). Returns (iteration, seconds trained)."""
+    if (run_dir / TRAINING_STATE).exists():
+        iteration = load_training_state(run_dir / TRAINING_STATE, model, optimizer)
+        save_checkpoint(run_dir / CHECKPOINT, model, checkpoint_metadata(config, iteration))
+    elif (run_dir / CHECKPOINT).exists():
+        raise CheckpointError(f"{run_dir} has a checkpoint but no {TRAINING_STATE} to resume from (saved by an "
+                              f"earlier fewshot?); start a new run with --init-from {run_dir / CHECKPOINT}")
+    else:
+        iteration = 0
+    kept = metrics.truncate(run_dir / METRICS, iteration)
     return iteration, kept[-1]["seconds"] if kept else 0.0
 
 
@@ -225,23 +268,80 @@ def _sole_trainer(run_dir: Path):
         yield
 
 
+class _StopRequest:
+    """Set by the first Ctrl-C or SIGTERM: training ends after the current iteration and saves it.
+
+    An iteration of a large model, the final test evaluation, or loading the data can take minutes; so
+    STOP_GRACE seconds after the request, if the process still runs, a timer takes the saver's lock (never
+    held inside an update), saves the last iteration done, and ends the process. Python runs signal handlers
+    only between the main thread's bytecodes, late when that thread is in a long torch call; so the signal
+    also wakes a watcher thread at once, through the wakeup file descriptor, which starts that timer.
+    """
+
+    def __init__(self):
+        self.event, self.saver, self.timer, self.interrupts = threading.Event(), None, None, 0
+        self._once = threading.Lock()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def saves_with(self, saver: _Saver) -> _Saver:
+        self.saver = saver
+        return saver
+
+    def request(self) -> None:
+        with self._once:
+            if self.is_set():
+                return
+            self.event.set()
+            print("\nStopping after this iteration and saving the checkpoint ...", flush=True)
+            self.timer = threading.Timer(STOP_GRACE, self._end_now)
+            self.timer.daemon = True
+            self.timer.start()
+
+    def on_signal(self, signum, frame) -> None:
+        """The signal handler, in the main thread."""
+        self.interrupts += signum == signal.SIGINT
+        if self.interrupts > 1:
+            raise KeyboardInterrupt  # a second Ctrl-C: at once (every file is written atomically)
+        self.request()
+
+    def watch(self, wakeups: socket.socket) -> None:
+        """The watcher thread: each byte is a signal received; the end of the stream, the end of training."""
+        while wakeups.recv(1):
+            self.request()
+
+    def _end_now(self) -> None:
+        with self.saver.lock if self.saver else nullcontext():
+            if self.saver:
+                self.saver.save()
+            saved = f"; saved iteration {self.saver.saved}" if self.saver else ""
+            print(f"Stopped without waiting for the iteration under way{saved}.", flush=True)
+            sys.stderr.flush()
+            os._exit(0)
+
+
 @contextmanager
 def _stop_on_signals():
-    """An Event set by the first Ctrl-C or SIGTERM (a second Ctrl-C interrupts at once)."""
-    event = threading.Event()
+    """A _StopRequest that Ctrl-C and SIGTERM set, while training runs in this (main) thread."""
+    stop = _StopRequest()
     if threading.current_thread() is not threading.main_thread():
-        yield event  # signals reach the main thread only; callers there pass should_stop instead
+        yield stop  # signals reach the main thread only; callers there pass should_stop instead
         return
-
-    def request_stop(signum, frame):
-        if event.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        event.set()
-        print("\nStopping after this iteration and saving the checkpoint ...", flush=True)
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    wakeups, wakeup_writer = socket.socketpair()
+    wakeup_writer.setblocking(False)
+    previous_wakeup = signal.set_wakeup_fd(wakeup_writer.fileno(), warn_on_full_buffer=False)
+    previous = {s: signal.signal(s, stop.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    watcher = threading.Thread(target=stop.watch, args=(wakeups,), daemon=True)
+    watcher.start()
     try:
-        yield event
+        yield stop
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        signal.set_wakeup_fd(previous_wakeup)
+        wakeup_writer.close()  # the watcher reads the end of the stream, and ends
+        watcher.join()
+        wakeups.close()
+        if stop.timer:
+            stop.timer.cancel()

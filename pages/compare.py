@@ -27,6 +27,11 @@ def table_row(summary: dict) -> dict:
             "test accuracy (%, 95 % interval)": test}
 
 
+def start_comparison(config) -> str:
+    st.session_state.compare_runs = [run.name for run in runs.start_comparison(config)]  # the runs to show
+    return f"Started runs {' and '.join(st.session_state.compare_runs)}."
+
+
 st.title("Compare: MAML and first-order MAML")
 st.markdown(r"""
 MAML's meta-gradient flows back *through* the inner update $\theta'_i = \theta - \alpha \nabla_\theta
@@ -43,15 +48,16 @@ has_data = ui.dataset_warning()
 with st.expander("New comparison", expanded=True):
     preset_name, defaults = ui.preset_picker("compare")
     with st.form("compare_form", border=False):
-        values = ui.config_fields("compare", preset_name, defaults, exclude=("algorithm",))
-        start = st.form_submit_button("Start MAML and FOMAML", type="primary", disabled=not has_data)
-if start:
-    config = ui.make_config(values)
-    if config:
-        st.session_state.compare_runs = [run.name for run in runs.start_comparison(config)]
+        ui.config_fields("compare", preset_name, defaults, exclude=("algorithm",))
+        ui.start_button("Start MAML and FOMAML", "compare", preset_name, start_comparison, disabled=not has_data,
+                        exclude=("algorithm",))
+    ui.start_message("compare")
 
 all_runs = runs.list_runs()
 by_name = {run.name: run for run in all_runs}
+for name in st.session_state.get("compare_runs", []):
+    if name not in by_name:  # shown before, listed no more: its folder was deleted
+        st.warning(f"Run {name} was deleted.", icon=":material/delete:")
 if not all_runs:
     st.info("No runs yet: start a comparison above, or train on the Train page.")
     st.stop()
@@ -71,21 +77,24 @@ statuses = {run.name: run.status() for run in selected}
 
 @ui.live(refresh=runs.RUNNING in statuses.values())
 def live_view():
-    now = {run.name: run.status() for run in selected}
-    if runs.RUNNING in now.values() and st.button("Stop the running runs", type="primary", key="compare_stop"):
+    try:
+        now = {run.name: run.status() for run in selected}
+        if runs.RUNNING in now.values() and st.button("Stop the running runs", type="primary", key="compare_stop"):
+            for run in selected:
+                if now[run.name] == runs.RUNNING:
+                    runs.stop(run)
         for run in selected:
-            if now[run.name] == runs.RUNNING:
-                runs.stop(run)
-    for run in selected:
-        ui.run_status(run, now[run.name])
-    series = {label: run.metrics() for label, run in curve_labels(selected).items()}
-    ways = {run.config().ways for run in selected}
-    ways = ways.pop() if len(ways) == 1 else None  # a chance level only when all runs share it
-    st.markdown("**Against meta-iterations**: what each update is worth")
-    ui.curves_chart(series, "iterations", ways, key="compare_chart_iterations")
-    st.markdown("**Against seconds of training**: what each second is worth")
-    ui.curves_chart(series, "seconds", ways, key="compare_chart_seconds")
-    st.dataframe([table_row(runs.summary(run)) for run in selected], hide_index=True, width="stretch")
+            ui.run_status(run, now[run.name])
+        series = {label: run.metrics() for label, run in curve_labels(selected).items()}
+        ways = {run.config().ways for run in selected}
+        ways = ways.pop() if len(ways) == 1 else None  # a chance level only when all runs share it
+        st.markdown("**Against meta-iterations**: what each update is worth")
+        ui.curves_chart(series, "iterations", ways, key="compare_chart_iterations")
+        st.markdown("**Against seconds of training**: what each second is worth")
+        ui.curves_chart(series, "seconds", ways, key="compare_chart_seconds")
+        st.dataframe([table_row(runs.summary(run)) for run in selected], hide_index=True, width="stretch")
+    except FileNotFoundError:  # a run's folder was deleted meanwhile: the page, redrawn, says so
+        st.rerun()
     if now != statuses:  # a run ended: redraw the page, with or without the timer
         st.rerun()
 

@@ -21,7 +21,7 @@ from streamlit_drawable_canvas import st_canvas  # imported here only: it needs 
 
 from fewshot import runs
 from fewshot.adaptation import (adapt_and_classify, adaptation_settings, find_checkpoints, load_uploaded_checkpoint,
-                                omniglot_examples, idle_threads, ways_of)
+                                omniglot_examples, idle_threads, upload_name, ways_of)
 from fewshot.adaptation_plots import adaptation_curves, probability_bars
 from fewshot.checkpoints import CheckpointError, load_checkpoint
 from fewshot.config import REPO_ROOT, Config
@@ -53,17 +53,21 @@ def canvas_key(slot) -> str:
 
 @st.cache_resource(show_spinner="Loading the checkpoint ...", max_entries=8)
 def checkpoint_from_file(path: str, modified: float):
-    return warmed_up(*load_checkpoint(Path(path)))
+    return warmed_up(Path(path).name, *load_checkpoint(Path(path)))
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint ...", max_entries=4)
 def checkpoint_from_upload(name: str, data: bytes):
-    return warmed_up(*load_uploaded_checkpoint(name, data))
+    return warmed_up(upload_name(name), *load_uploaded_checkpoint(name, data))
 
 
-def warmed_up(model, metadata):
-    """torch.func's first call in a process takes seconds: make it now rather than at the first Adapt."""
+def warmed_up(name: str, model, metadata):
+    """torch.func's first call in a process takes seconds: make it now rather than at the first Adapt. It
+    adapts on one drawing per class: CheckpointError for more classes than the page can show."""
     ways = ways_of(model)
+    if ways > MAX_WAYS:
+        raise CheckpointError(f"{name}: its classifier tells {ways} classes apart, more than the {MAX_WAYS} the "
+                              f"Draw page takes; choose a checkpoint meta-trained on at most {MAX_WAYS}-way tasks.")
     adapt_and_classify(model, torch.zeros(ways, 1, 28, 28), torch.arange(ways), inner_lr=0.0, steps=1)
     return model, metadata
 
@@ -105,15 +109,15 @@ def choose_checkpoint():
             return None
         data = upload.getvalue()
         model, metadata = checkpoint_from_upload(upload.name, data)
-        name, model_id = upload.name, "upload-" + hashlib.sha1(data).hexdigest()[:12]
+        model_id = "upload-" + hashlib.sha1(data).hexdigest()[:12]
     else:
         try:
             modified = Path(choice).stat().st_mtime
         except OSError:
             raise CheckpointError(f"{labels[choice]} is gone; choose another checkpoint.") from None
         model, metadata = checkpoint_from_file(choice, modified)
-        name, model_id = labels[choice], hashlib.sha1(f"{choice}:{modified}".encode()).hexdigest()[:12]
-    return model, metadata, adaptation_settings(metadata, name), model_id
+        model_id = hashlib.sha1(f"{choice}:{modified}".encode()).hexdigest()[:12]
+    return model, metadata, adaptation_settings(metadata), model_id
 
 
 def _shown_path(path: Path) -> str:

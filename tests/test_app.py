@@ -2,16 +2,23 @@
 
 import dataclasses
 import json
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from fewshot import runs
+from fake_runs import record, run_folder
+from fewshot import limits, runs
 from fewshot.config import Config
 from waiting import wait_for
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app.py")
 TINY = dict(channels=8, blocks=2, meta_batch=2, val_every=3, val_tasks=4, checkpoint_every=3, test_tasks=10)
 
 
@@ -54,6 +61,17 @@ def chart_points(app: AppTest, index: int = 0) -> dict:
 
 def progress_text(app: AppTest, index: int = 0) -> str:
     return app.get("progress")[index].proto.text
+
+
+def keep_button(run: runs.Run) -> str:
+    """The key of the Train page's button that keeps `run`'s checkpoint."""
+    return f"FormSubmitter:keep_{run.name}-Keep checkpoint for the Draw page"
+
+
+def run_choices(app: AppTest) -> list:
+    """The names of the runs the Train page's run menu offers (its options are labels: name · ...)."""
+    [menu] = [w for w in app.selectbox if w.label == "Run"]
+    return [option.split(" · ")[0] for option in menu.options]
 
 
 def texts(app: AppTest) -> str:
@@ -109,10 +127,10 @@ def test_train_page_starts_a_run_charts_it_live_stops_it_and_keeps_its_checkpoin
     assert progress_text(app).endswith(": stopped")
     assert app.get("download_button")
     app.text_input[0].set_value("tiny-demo")
-    app.button(key="FormSubmitter:keep_form-Keep checkpoint for the Draw page").click().run()
+    app.button(key=keep_button(run)).click().run()
     assert "Kept as tiny-demo.safetensors" in app.success[0].value
     assert (run_folders / "checkpoints" / "tiny-demo.safetensors").read_bytes() == run.checkpoint.read_bytes()
-    app.button(key="FormSubmitter:keep_form-Keep checkpoint for the Draw page").click().run()
+    app.button(key=keep_button(run)).click().run()
     assert "already exists" in app.error[0].value
     app.switch_page("pages/home.py").run()
     app.switch_page("pages/train.py").run()  # the form as it was started, not the preset's defaults
@@ -129,7 +147,8 @@ def test_train_page_shows_a_finished_run_with_its_test_accuracy(data_root):
     assert chart_points(app)["validation"] == 1
 
 
-def test_train_page_errors_are_messages_not_tracebacks(data_root):
+def test_train_page_errors_are_messages_not_tracebacks(data_root, monkeypatch):
+    monkeypatch.setenv("FEWSHOT_MAX_WAYS", "1000")  # an instructor's limit, above what Omniglot's splits hold
     app = open_page("pages/train.py")
     fill_form(app, shots=10, queries=15)
     app.button(key="FormSubmitter:train_form-Start").click().run()
@@ -137,13 +156,91 @@ def test_train_page_errors_are_messages_not_tracebacks(data_root):
     assert "shots + queries must be at most 20" in app.error[0].value
     assert runs.list_runs() == []
 
-    fill_form(app, shots=1, queries=5, ways=5000, **TINY)  # the sampler refuses it, in the process
+    fill_form(app, shots=1, queries=5, ways=1000, **TINY)  # the sampler refuses it, in the process
     app.button(key="FormSubmitter:train_form-Start").click().run()
     [run] = runs.list_runs()
     wait_for(lambda: not run.is_running(), "the run to fail")
     app.run()
     assert not app.exception
-    assert "failed: error: 5000 ways need at least 5000 classes" in app.error[0].value
+    assert "failed: error: 1000 ways need at least 1000 classes" in app.error[0].value
+
+
+def test_the_form_caps_every_size_at_the_servers_limits(monkeypatch):
+    monkeypatch.setenv("FEWSHOT_MAX_CHANNELS", "100")
+    app = open_page("pages/train.py")
+    for name in limits.MAXIMA:
+        assert form_field(app, name).max == limits.maximum(name), name
+    assert form_field(app, "channels").max == 100 and form_field(app, "meta_batch").max == 128
+
+
+def test_sizes_that_together_need_too_much_memory_are_refused_and_nothing_starts(data_root):
+    app = open_page("pages/train.py")
+    fill_form(app, ways=50, shots=10, queries=10, meta_batch=128)  # each within its maximum
+    app.button(key="FormSubmitter:train_form-Start").click().run()
+    assert not app.exception
+    [error] = app.error
+    assert error.value.startswith("Cannot start: this run would need about ") and "FEWSHOT_MAX_MEMORY_GB" in error.value
+    assert runs.list_runs() == []
+
+
+def test_every_start_press_is_answered_and_past_the_run_limit_refused_naming_the_runs(data_root, monkeypatch):
+    monkeypatch.setenv("FEWSHOT_MAX_RUNS", "1")
+    app = open_page("pages/train.py")
+    fill_form(app, iterations=100_000, **TINY)
+    app.button(key="FormSubmitter:train_form-Start").click().run()
+    [run] = runs.list_runs()
+    assert [message.value for message in app.success] == [f"Started run {run.name}."]
+    for _ in range(3):
+        app.button(key="FormSubmitter:train_form-Start").click().run()
+        assert [message.value for message in app.error] == [
+            f"Cannot start: 1 run is training (limit 1): {run.name}. Stop one, or wait."]
+    app.switch_page("pages/compare.py").run()
+    fill_form(app, **TINY)
+    app.button(key="FormSubmitter:compare_form-Start MAML and FOMAML").click().run()
+    assert [message.value for message in app.error] == [
+        "Cannot start: A comparison trains 2 runs at once; this server trains at most 1 (FEWSHOT_MAX_RUNS)."]
+    assert runs.list_runs() == [run]
+
+
+def test_the_server_listens_on_this_machine_only_and_shows_no_tracebacks():
+    """`streamlit run app.py`, as the README says, with the repository's .streamlit/config.toml."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: server.poll() is not None or answers(f"http://127.0.0.1:{port}/_stcore/health"),
+                 "the server to answer", timeout=30)
+        assert server.poll() is None
+        assert listening_addresses(port) == ["127.0.0.1"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    option = "import streamlit.config as c; c.get_config_options(); print(c.get_option('client.showErrorDetails'))"
+    shown = subprocess.run([sys.executable, "-c", option], cwd=REPO, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "none"
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def listening_addresses(port: int) -> list:
+    """The addresses of this machine's sockets listening on TCP `port`, from Linux's /proc/net/tcp and tcp6."""
+    addresses = []
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN; each 32-bit word in host byte order
+                words = [bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, len(address), 8)]
+                addresses.append(socket.inet_ntop(family, b"".join(words)))
+    return addresses
 
 
 def test_compare_page_runs_both_orders_side_by_side_and_stops_them(data_root):
@@ -199,3 +296,65 @@ def test_app_without_the_dataset_starts_and_says_how_to_get_omniglot(tmp_path, m
         warning = app.warning[0].value
         assert "Omniglot is not at" in warning and "FEWSHOT_DATA" in warning and "images_background.zip" in warning
         assert app.button(key=start).disabled
+
+
+def test_train_page_says_how_many_metrics_lines_it_could_not_read(run_folders):
+    run_folder(run_folders / "runs", "garbled", metrics=[record(1), "garbage", record(2), "{}", record(3)])
+    app = open_page("pages/train.py")
+    assert "2 unreadable lines in metrics.jsonl skipped" in texts(app)
+    assert chart_points(app)["meta-train"] == 3
+
+
+def test_pages_show_every_run_despite_an_unreadable_launch_json(run_folders):
+    run_folder(run_folders / "runs", "good", metrics=[record(1)], started=100.0)
+    garbled = run_folder(run_folders / "runs", "garbled", launch='{"pid": "not a process"')
+    (garbled.path / "config.json").write_text(json.dumps(Config(iterations=6).to_dict()))
+    app = open_page("pages/train.py")
+    assert run_choices(app) == ["garbled", "good"]
+    app.switch_page("pages/compare.py").run()
+    app.multiselect[0].set_value(["garbled", "good"]).run()
+    assert not app.exception and sorted(app.dataframe[0].value["run"]) == ["garbled", "good"]
+
+
+def test_a_run_deleted_while_shown_is_said_to_be_gone_and_the_others_are_offered(run_folders):
+    older, newer = (run_folder(run_folders / "runs", name, metrics=[record(1)], started=started)
+                    for name, started in (("older", 100.0), ("newer", 200.0)))
+    app = open_page("pages/train.py")
+    shutil.rmtree(newer.path)
+    app.run()
+    assert not app.exception and "Run newer was deleted" in texts(app)
+    assert run_choices(app) == ["older"]
+    app.switch_page("pages/compare.py").run()
+    app.multiselect[0].set_value(["older"]).run()
+    shutil.rmtree(older.path)
+    app.run()
+    assert not app.exception and "Run older was deleted" in texts(app)
+    assert "No runs yet" in texts(app)
+
+
+def test_keeping_a_run_deleted_since_the_page_showed_it_keeps_nothing(run_folders):
+    for name, started in (("older", 100.0), ("newer", 200.0)):  # both stopped, with a checkpoint
+        run = run_folder(run_folders / "runs", name, metrics=[record(1)], started=started, checkpoint=b"weights")
+        (run.path / runs.STOP_REQUESTED).write_text("")
+    app = open_page("pages/train.py")
+    assert app.get("download_button") and run_choices(app) == ["newer", "older"]
+    shutil.rmtree(run.path)
+    app.button(key=keep_button(run)).click().run()
+    assert not app.exception and "Run newer was deleted" in texts(app) and run_choices(app) == ["older"]
+    assert not (run_folders / "checkpoints").exists()  # not older's checkpoint instead
+
+
+@pytest.mark.parametrize("page", ["pages/train.py", "pages/compare.py"])
+def test_a_run_deleted_while_its_live_view_is_drawn_is_said_to_be_gone(run_folders, monkeypatch, page):
+    run = run_folder(run_folders / "runs", "doomed", metrics=[record(1)], comparison="doomed-compare")
+    progress = runs.Run.progress
+
+    def deleted_meanwhile(self):  # as if the folder went in the middle of the live view
+        shutil.rmtree(self.path, ignore_errors=True)
+        return progress(self)
+
+    monkeypatch.setattr(runs.Run, "progress", deleted_meanwhile)
+    app = open_page(page)
+    assert not app.exception and "Run doomed was deleted" in texts(app)
+    assert not run.path.exists()
+

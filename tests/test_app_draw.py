@@ -149,6 +149,31 @@ def test_a_corrupt_or_foreign_upload_shows_an_error(tmp_path, content, message):
     assert message in texts(app, "error") and "model.safetensors" in texts(app, "error")
 
 
+def wide_checkpoint(path: Path) -> None:
+    """A valid checkpoint, but of 30 ways: more classes than the page takes."""
+    config = Config(channels=16, blocks=3, ways=30)
+    save_checkpoint(path, build_model("conv", 30, 16, 3), checkpoint_metadata(config, iterations=0))
+
+
+def overflowing_checkpoint(path: Path) -> None:
+    """An inner learning rate of 10**400 written as a JSON integer: float() of it overflows."""
+    metadata = checkpoint_metadata(Config(channels=16, blocks=3), iterations=0) | {"inner_lr": 10**400}
+    save_checkpoint(path, build_model("conv", 5, 16, 3), metadata)
+
+
+@pytest.mark.parametrize("write, message", [
+    (wide_checkpoint, "its classifier tells 30 classes apart, more than the 20 the Draw page takes"),
+    (overflowing_checkpoint, "its metadata gives inner_lr as 1000"),
+])
+def test_a_checkpoint_the_page_cannot_use_shows_an_error(folders, write, message):
+    path = folders / "checkpoints" / "crafted.safetensors"
+    write(path)
+    app = open_draw_page()
+    app.selectbox(key="draw_checkpoint").set_value(str(path)).run()
+    assert not app.exception
+    assert f"Cannot use this checkpoint: crafted.safetensors: {message}" in texts(app, "error")
+
+
 def test_an_uploaded_checkpoint_is_used(folders):
     app = open_draw_page()
     app.selectbox(key="draw_checkpoint").set_value("upload").run()

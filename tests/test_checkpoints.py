@@ -1,10 +1,12 @@
 import json
+import time
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from fewshot.checkpoints import (CheckpointError, checkpoint_metadata, load_checkpoint, load_training_state,
+from fewshot import checkpoints
+from fewshot.checkpoints import (FORMAT, CheckpointError, checkpoint_metadata, load_checkpoint, load_training_state,
                                  save_checkpoint, save_training_state)
 from fewshot.config import Config
 from fewshot.models import build_model
@@ -79,14 +81,132 @@ def test_missing_file(tmp_path):
         load_checkpoint(tmp_path / "nothing.safetensors")
 
 
-def test_optimizer_state_round_trip(tmp_path):
+def test_training_state_round_trip(tmp_path):
+    """The weights and Adam's moments and steps come back, all of them, in a fresh model and optimizer."""
+    torch.manual_seed(0)
     model = build_model("conv", 5, 8, 2)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    model(torch.rand(4, 1, 28, 28)).sum().backward()
-    optimizer.step()
-    save_training_state(tmp_path / "opt.safetensors", optimizer, iterations=7)
-    restored = torch.optim.Adam(model.parameters(), lr=0.5)
-    assert load_training_state(tmp_path / "opt.safetensors", restored) == 7
-    for a, b in zip(optimizer.state.values(), restored.state.values()):
-        assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"]) and float(a["step"]) == float(b["step"])
+    for _ in range(2):
+        model(torch.rand(4, 1, 28, 28)).sum().backward()
+        optimizer.step()
+    save_training_state(tmp_path / "state.safetensors", model.state_dict(), optimizer, iterations=7)
+    fresh = build_model("conv", 5, 8, 2)
+    restored = torch.optim.Adam(fresh.parameters(), lr=0.5)
+    assert load_training_state(tmp_path / "state.safetensors", fresh, restored) == 7
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    saved, loaded = optimizer.state_dict()["state"], restored.state_dict()["state"]
+    assert len(loaded) == len(saved) == len(list(model.parameters()))
+    for index, entries in saved.items():
+        assert set(loaded[index]) == {"step", "exp_avg", "exp_avg_sq"}
+        assert all(torch.equal(entries[key], loaded[index][key]) for key in entries)
     assert restored.param_groups[0]["lr"] == 0.01
+
+
+def test_a_training_state_for_another_model_is_refused(tmp_path):
+    model = build_model("conv", 5, 8, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    save_training_state(tmp_path / "state.safetensors", model.state_dict(), optimizer, iterations=1)
+    wider = build_model("conv", 5, 16, 2)
+    with pytest.raises(CheckpointError, match="does not fit this run's model"):
+        load_training_state(tmp_path / "state.safetensors", wider, torch.optim.Adam(wider.parameters()))
+
+
+def crafted(path, metadata_text: str, tensors: dict | None = None):
+    """A file like a checkpoint, with `metadata_text` as its metadata and, unless given, the weights of the
+    5-way model CONFIG describes."""
+    tensors = build_model("conv", 5, 8, 3).state_dict() if tensors is None else tensors
+    save_file(tensors, str(path), metadata={"format": FORMAT, "fewshot": metadata_text})
+    return path
+
+
+def metadata_with(**changes) -> str:
+    return json.dumps(checkpoint_metadata(CONFIG, iterations=1) | changes)
+
+
+def refusal(path) -> str:
+    """The message load_checkpoint refuses `path` with: one line, naming the file (a line break in its name
+    shown as a space)."""
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(path.name.replace("\n", " ")), message
+    return message
+
+
+@pytest.fixture
+def nothing_built(monkeypatch):
+    """Fails a test that builds a model, even on the meta device."""
+    def build_model(*args):
+        raise AssertionError(f"a model was built: {args}")
+    monkeypatch.setattr(checkpoints, "build_model", build_model)
+
+
+def test_a_valid_checkpoint_of_too_many_ways_is_refused_by_the_bound_before_building(tmp_path, nothing_built):
+    """A 20,000-way classifier is a few megabytes on disk, but gigabytes once the Draw page adapts it."""
+    metadata = metadata_with(ways=20_000)
+    path = crafted(tmp_path / "wide.safetensors", metadata, build_model("conv", 20_000, 8, 3).state_dict())
+    assert "gives ways as 20000, which is not a whole number from 2 to 1000" in refusal(path)
+
+
+@pytest.mark.parametrize("key, value, wanted", [
+    ("ways", 10**7, "a whole number from 2 to 1000"),
+    ("ways", 10**12, "a whole number from 2 to 1000"),
+    ("ways", -5, "a whole number from 2 to 1000"),
+    ("ways", 5.0, "a whole number from 2 to 1000"),
+    ("blocks", 1_000_000, "a whole number from 1 to 8"),
+    ("channels", True, "a whole number from 1 to 1024"),
+    ("shots", "5", "a whole number from 1 to 19"),
+    ("test_inner_steps", 10**6, "a whole number from 0 to 100"),
+    ("iterations", None, "a whole number from 0 to 1000000000"),
+    pytest.param("inner_lr", 10**400, "a number from 0 to 100", id="inner_lr-10**400"),  # float() overflows
+    ("inner_lr", -0.1, "a number from 0 to 100"),
+    ("inner_lr", "0.4", "a number from 0 to 100"),
+    ("backbone", "resnet", "one of conv, fc"),
+    ("split", ["lake"], "one of lake, maml-paper"),
+    ("algorithm", {}, "one of maml, fomaml"),
+    ("accuracy", 0.9, "a JSON object"),
+])
+def test_settings_of_the_wrong_type_or_out_of_bounds_are_refused_at_once(tmp_path, nothing_built, key, value,
+                                                                          wanted):
+    path = crafted(tmp_path / "odd.safetensors", metadata_with(**{key: value}))
+    start = time.perf_counter()
+    message = refusal(path)
+    assert time.perf_counter() - start < 0.5
+    assert f"gives {key} as" in message and message.endswith(f"which is not {wanted}.")
+
+
+@pytest.mark.parametrize("metadata_text, problem", [
+    pytest.param("[" * 30_000 + "]" * 30_000, "not valid JSON (maximum recursion depth exceeded", id="deep"),
+    pytest.param("[" * 100_000 + "]" * 100_000, "its metadata takes 200,000 characters, more than the 65,536",
+                 id="long"),
+    pytest.param("5", "its metadata is not a JSON object", id="number"),
+    pytest.param("null", "its metadata is not a JSON object", id="null"),
+    pytest.param(metadata_with(inner_lr=float("nan")), "not valid JSON (NaN is not a number JSON allows", id="NaN"),
+    pytest.param(metadata_with(ways=float("inf")), "not valid JSON (Infinity is not a number JSON allows",
+                 id="Infinity"),
+    pytest.param(metadata_with(inner_lr=0.4).replace("0.4", "1e400"), "gives inner_lr as inf, which is not a number",
+                 id="1e400"),
+    pytest.param(metadata_with(iterations=1).replace('"iterations": 1', '"iterations": ' + "9" * 5000),
+                 "not valid JSON (Exceeds the limit (4300 digits)", id="5000-digits"),
+])
+def test_crafted_metadata_gives_a_checkpoint_error(tmp_path, metadata_text, problem):
+    assert problem in refusal(crafted(tmp_path / "crafted.safetensors", metadata_text))
+
+
+@pytest.mark.parametrize("weights, problem", [
+    pytest.param(lambda t: t.long(), "holds I64, expected F32 (float32)", id="int64"),
+    pytest.param(lambda t: t.double(), "holds F64, expected F32 (float32)", id="float64"),
+    pytest.param(lambda t: t.clone().fill_(float("nan")), "hold NaN or infinite values", id="NaN"),
+    pytest.param(lambda t: t.clone().fill_(float("inf")), "hold NaN or infinite values", id="inf"),
+])
+def test_weights_of_another_dtype_or_not_finite_are_refused(tmp_path, weights, problem):
+    tensors = build_model("conv", 5, 8, 3).state_dict()
+    tensors["classifier.weight"] = weights(tensors["classifier.weight"])
+    message = refusal(crafted(tmp_path / "m.safetensors", metadata_with(), tensors))
+    assert "classifier.weight" in message and problem in message
+
+
+def test_every_message_is_one_line_even_for_an_odd_file_name(tmp_path):
+    path = tmp_path / "two\nlines.safetensors"
+    path.write_bytes(b"not a checkpoint")
+    assert "not a readable safetensors file" in refusal(path)

@@ -1,12 +1,19 @@
+import errno
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from fewshot import cli, files
 from fewshot.checkpoints import checkpoint_metadata, load_checkpoint, save_checkpoint
 from fewshot.config import Config
 from fewshot.models import build_model
+
+TINY_RUN = ("--algorithm", "fomaml", "--channels", 8, "--blocks", 2, "--meta-batch", 2, "--iterations", 2,
+            "--val-every", 2, "--val-tasks", 2, "--test-tasks", 0, "--device", "cpu")
 
 
 def fewshot(*args, check=True):
@@ -15,6 +22,15 @@ def fewshot(*args, check=True):
     if check:
         assert result.returncode == 0, result.stderr
     return result
+
+
+def error_of(*args) -> str:
+    """The message with which `python -m fewshot args` exits, run in this process: one line, "error: ..."."""
+    with pytest.raises(SystemExit) as exit:
+        cli.main([str(arg) for arg in args])
+    message = exit.value.code
+    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message, message
+    return message
 
 
 def test_help_lists_the_commands_and_options():
@@ -76,3 +92,84 @@ def test_bench_prints_both_engines_for_every_setting(data_root):
     assert [row.split()[:2] for row in rows] == [["maml", "5w1s"], ["maml", "5w5s"], ["fomaml", "5w1s"],
                                                   ["fomaml", "5w5s"]]
     assert all(row.endswith("x") for row in rows)
+
+
+def test_train_names_every_bad_option_at_once(tmp_path):
+    message = error_of("train", "--run-dir", tmp_path / "run", *TINY_RUN, "--ways", 1, "--inner-lr", "nan")
+    assert message == "error: ways must be at least 2, got 1; inner_lr must be a finite number, got nan"
+    message = error_of("train", "--run-dir", tmp_path / "run", *TINY_RUN, "--inner-lr", -1, "--outer-lr", "inf")
+    assert message == "error: inner_lr must be at least 0, got -1.0; outer_lr must be a finite number, got inf"
+
+
+def test_resume_refuses_another_model_or_other_tasks(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    tiny_config.save(run / "config.json")
+    checkpoint = run / "checkpoint.safetensors"
+    assert error_of("train", "--run-dir", run, "--resume", *TINY_RUN, "--ways", 20) == (
+        f"error: --resume cannot change ways (the run has 5, you asked for 20); start a new run in another "
+        f"--run-dir (--init-from {checkpoint} starts it from this run's weights)")
+    assert error_of("train", "--run-dir", run, "--resume", *TINY_RUN, "--shots", 5, "--split", "maml-paper") == (
+        f"error: --resume cannot change shots (the run has 1, you asked for 5), split (the run has lake, you asked "
+        f"for maml-paper); start a new run in another --run-dir (--init-from {checkpoint} starts it from this "
+        f"run's weights)")
+    assert error_of("train", "--run-dir", run, "--resume", *TINY_RUN, "--channels", 16) == (
+        "error: --resume cannot change channels (the run has 8, you asked for 16); start a new run in another "
+        "--run-dir")
+    assert not checkpoint.exists()
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("{\"ways\": 5, \"shots", "Unterminated string starting at: line 1 column 13 (char 12)"),
+    ("true", "a configuration is a JSON object of option names and values, not True"),
+    ("{\"ways\": \"x\"}", "ways must be a whole number, got 'x'"),
+    ("{\"ways\": 1.5}", "ways must be a whole number, got 1.5"),
+])
+def test_resume_of_a_garbage_config_is_one_line(tmp_path, text, reason):
+    (tmp_path / "config.json").write_text(text)
+    assert error_of("train", "--run-dir", tmp_path, "--resume") == (
+        f"error: {tmp_path / 'config.json'} is not a run configuration that fewshot can read ({reason}); "
+        f"start a new run in another --run-dir")
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--tasks", 0], "--tasks must be between 1 and 100000, got 0"),
+    (["--tasks", 10**6], "--tasks must be between 1 and 100000, got 1000000"),
+    (["--queries", 0], "--queries must be at least 1, got 0"),
+    (["--shots", 0], "--shots must be at least 1, got 0"),
+    (["--shots", 25], "shots + queries must be at most 20 (Omniglot has 20 drawings per character), got 25 + 5"),
+    (["--inner-steps", -1], "--inner-steps must be between 0 and 100, got -1"),
+    (["--inner-steps", 10**9], "--inner-steps must be between 0 and 100, got 1000000000"),
+    (["--seed", -1], f"--seed must be between 0 and {2**32 - 1}, got -1"),
+    (["--tasks", 0, "--queries", 0], "--tasks must be between 1 and 100000, got 0; --queries must be at least 1, "
+                                     "got 0"),
+])
+def test_evaluate_refuses_options_it_cannot_measure(tmp_path, options, message):
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "m.safetensors", build_model("conv", 5, 8, 2),
+                    checkpoint_metadata(Config(data_root="x", channels=8, blocks=2), iterations=1))
+    assert error_of("evaluate", tmp_path / "m.safetensors", "--data-root", tmp_path / "nothing", *options) == (
+        f"error: {message}")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_full_disk_or_a_read_only_folder_is_one_line(data_root, tmp_path, monkeypatch, code):
+    """Saving the run fails; the message names the file and the system's reason, and the run can resume."""
+    replace_with = files.replace_with
+
+    def failing_replace_with(path, write):
+        if Path(path).suffix == ".safetensors":
+            raise OSError(code, os.strerror(code), str(path))
+        replace_with(path, write)
+
+    monkeypatch.setattr(files, "replace_with", failing_replace_with)
+    run = tmp_path / "run"
+    message = error_of("train", "--run-dir", run, "--data-root", data_root, *TINY_RUN)
+    assert message.startswith(f"error: {run}/") and message.endswith(
+        f".safetensors: {os.strerror(code)}; once that is fixed, --resume continues the run")
+
+
+def test_an_unreadable_config_is_one_line(tmp_path):
+    (tmp_path / "config.json").mkdir()
+    assert error_of("train", "--run-dir", tmp_path, "--resume") == (
+        f"error: {tmp_path / 'config.json'}: {os.strerror(errno.EISDIR)}")

@@ -2,19 +2,23 @@
 
 import argparse
 import dataclasses
+import io
 import json
 import os
 import shutil
 import subprocess
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from fewshot import runs
+from fake_runs import record, run_folder
+from fewshot import metrics, runs
 from fewshot.checkpoints import load_checkpoint
 from fewshot.cli import add_config_options, config_from_args
 from fewshot.config import Config
-from waiting import wait_for
+from waiting import outcomes_at_once, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +60,12 @@ def test_stop_ends_a_run_after_its_iteration_and_keeps_what_it_learned(tmp_path,
     assert run.evaluation() is None
 
 
-def test_a_failed_run_says_why(tmp_path, tiny_config):
-    run = runs.start(dataclasses.replace(tiny_config, ways=5000), tmp_path)  # more classes than Omniglot has
+def test_a_failed_run_says_why(tmp_path, tiny_config, monkeypatch):
+    monkeypatch.setenv("FEWSHOT_MAX_WAYS", "1000")
+    run = runs.start(dataclasses.replace(tiny_config, ways=1000), tmp_path)  # more classes than validation has
     wait_for(lambda: not run.is_running(), "the run to fail")
     assert run.status() == runs.FAILED
-    assert run.error().startswith("error: 5000 ways need at least 5000 classes")
+    assert run.error().startswith("error: 1000 ways need at least 1000 classes")
 
 
 def test_a_dead_or_reused_process_id_is_not_a_running_run(tmp_path, tiny_config):
@@ -146,3 +151,98 @@ def test_missing_dataset_help_names_the_folder_and_the_ways_to_get_it(tmp_path, 
     assert runs.missing_dataset_help(data_root) is None
     message = runs.missing_dataset_help(str(tmp_path))
     assert str(tmp_path) in message and "FEWSHOT_DATA" in message and "images_background" in message
+
+
+def test_unreadable_metrics_lines_are_skipped_and_counted(tmp_path):
+    lines = [record(1), "garbage", record(2), "[1, 2]", '{"iteration": "3"}', record(3)]
+    run = run_folder(tmp_path, "run", metrics=lines)
+    assert [r["iteration"] for r in run.metrics()] == [1, 2, 3]
+    assert run.unreadable_lines() == 3
+    assert run.status() == runs.FAILED and run.progress().iteration == 3 and runs.summary(run)["iterations"] == 3
+
+
+BAD_LAUNCHES = ["{not json", "\udcff", "[1, 2]", '"text"', '{"pid": "123"}', '{"pid": 1.5}', '{"pid": true}',
+                '{"pid": 0}', '{"pid": -1}', '{"started": "yesterday"}', '{"config": 5}', '{"comparison": 7}']
+
+
+@pytest.mark.parametrize("text", BAD_LAUNCHES)
+def test_an_unreadable_launch_json_is_ignored_never_fatal(tmp_path, text):
+    """A run with config.json still lists (as one started from the command line); without, it is left out."""
+    good = run_folder(tmp_path, "good", started=100.0)
+    listed = run_folder(tmp_path, "listed", launch=text)
+    Path(listed.path / "config.json").write_text(json.dumps(Config(iterations=6).to_dict()))
+    run_folder(tmp_path, "left-out", launch=text)
+    assert runs.list_runs(tmp_path) == [listed, good]  # listed: as old as its config.json
+    assert listed.launch() == {} and not listed.is_running() and listed.comparison() is None
+    assert listed.status() == runs.FAILED and listed.label().startswith("listed")
+    assert runs.latest_comparison(runs.list_runs(tmp_path)) == []
+
+
+def test_a_deleted_run_is_no_longer_listed_and_cannot_be_kept(tmp_path):
+    run = run_folder(tmp_path / "runs", "run", metrics=[record(1)], checkpoint=b"weights")
+    assert run.metrics() and runs.list_runs(tmp_path / "runs") == [run]
+    shutil.rmtree(run.path)
+    assert runs.list_runs(tmp_path / "runs") == [] and not run.is_running()
+    assert run.metrics() == [] and run.error() is None
+    with pytest.raises(ValueError, match="^Run run was deleted"):
+        runs.keep_checkpoint(run, "kept", tmp_path / "kept")
+
+
+def test_metrics_are_read_as_they_grow_by_one_reader_for_every_viewer(tmp_path, monkeypatch):
+    run = run_folder(tmp_path, "run", metrics=[record(i) for i in range(1, 1001)])
+    assert len(run.metrics()) == 1000
+    appended = json.dumps(record(1001)) + "\n"
+    with open(run.path / "metrics.jsonl", "a") as f:
+        f.write(appended)
+    bytes_read = []
+
+    class CountedFile(io.FileIO):
+        def read(self, size=-1):
+            data = super().read(size)
+            bytes_read.append(len(data))
+            return data
+
+    monkeypatch.setattr(metrics, "open", lambda path, mode: CountedFile(path), raising=False)
+    viewer = runs.Run(run.path)  # another page, another session: the same reader
+    assert [r["iteration"] for r in viewer.metrics()[-2:]] == [1000, 1001]
+    assert 0 < sum(bytes_read) <= 2 * len(appended)  # the new line (and the last one, to see it is still there)
+    assert viewer.metrics() is run.metrics()
+
+
+def test_metrics_follow_a_file_rewritten_by_a_resumed_run(tmp_path):
+    run = run_folder(tmp_path, "run", metrics=[record(i) for i in range(1, 6)])
+    assert len(run.metrics()) == 5
+    metrics.truncate(run.path / "metrics.jsonl", 2)  # a new file with the records up to the checkpoint
+    assert [r["iteration"] for r in run.metrics()] == [1, 2]
+    with open(run.path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record(3)) + "\n")
+    assert [r["iteration"] for r in run.metrics()] == [1, 2, 3]
+    (run.path / "metrics.jsonl").write_text(json.dumps(record(1)) + "\n")  # rewritten in place
+    assert [r["iteration"] for r in run.metrics()] == [1]
+
+
+def test_metrics_readers_are_kept_for_the_runs_shown_last_only(tmp_path):
+    shown = [run_folder(tmp_path, f"run-{i}", metrics=[record(1)]) for i in range(runs.MAX_READERS + 1)]
+    first = shown[0].metrics()
+    assert shown[0].metrics() is first  # kept while few runs are shown
+    for run in shown[1:]:
+        run.metrics()
+    assert shown[0].metrics() is not first and shown[0].metrics() == first  # forgotten, then read afresh
+
+
+def test_keeping_one_name_twice_at_once_keeps_one_and_refuses_the_other(tmp_path, monkeypatch):
+    run = run_folder(tmp_path / "runs", "run", checkpoint=b"weights")
+    both_copying = threading.Barrier(2, timeout=10)
+    copyfile = shutil.copyfile
+
+    def copy_together(source, target):
+        both_copying.wait()
+        return copyfile(source, target)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_together)
+    outcomes = outcomes_at_once(lambda: runs.keep_checkpoint(run, "same", tmp_path / "kept"))
+    kept = [outcome for outcome in outcomes if isinstance(outcome, Path)]
+    refused = [str(outcome) for outcome in outcomes if isinstance(outcome, ValueError)]
+    assert kept == [tmp_path / "kept" / "same.safetensors"] and len(refused) == 1, outcomes
+    assert refused[0].startswith("same.safetensors already exists")
+    assert os.listdir(tmp_path / "kept") == ["same.safetensors"]  # and no temporary file left

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from fewshot import metrics
 from fewshot.checkpoints import load_checkpoint
 from fewshot.evaluation import evaluate
 from fewshot.omniglot import split_characters
 from fewshot.tasks import TaskSampler
-from fewshot.training import read_metrics
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 RECHECK_TASKS = 100
@@ -48,7 +48,7 @@ def test_metadata_matches_the_card(row):
 def test_shipped_curves_are_those_of_the_shipped_checkpoints(run):
     """checkpoints/runs/<name>/ holds the run that made <name>.safetensors, for the Compare page."""
     _, metadata = load_checkpoint(CHECKPOINTS / f"{run.name}.safetensors")
-    config, records = json.loads((run / "config.json").read_text()), read_metrics(run)
+    config, records = json.loads((run / "config.json").read_text()), metrics.read(run / "metrics.jsonl")[0]
     assert all(config[key] == metadata[key] for key in ("algorithm", "ways", "shots", "inner_lr", "seed"))
     assert config["iterations"] == metadata["iterations"] == records[-1]["iteration"] == len(records)
     assert json.loads((run / "evaluation.json").read_text()) == metadata["accuracy"][f"{metadata['ways']}w1s"]

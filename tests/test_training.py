@@ -5,23 +5,29 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+from fewshot import metrics
 from fewshot.checkpoints import load_checkpoint
 from fewshot.config import Config
-from fewshot.training import RunInUse, initial_model, read_metrics, train, training_device, warm_start
+from fewshot.training import RunInUse, initial_model, train, training_device, warm_start
 
 
 def losses(records):
     return [r["train_loss"] for r in records]
 
 
+def records_in(run_dir):
+    return metrics.read(run_dir / "metrics.jsonl")[0]
+
+
 def test_a_run_writes_its_directory(tiny_config, tmp_path):
     records = train(tiny_config, tmp_path, progress=False)
-    assert [r["iteration"] for r in read_metrics(tmp_path)] == list(range(1, 7))
-    assert read_metrics(tmp_path) == json.loads(json.dumps(records))
+    assert [r["iteration"] for r in records_in(tmp_path)] == list(range(1, 7))
+    assert records_in(tmp_path) == json.loads(json.dumps(records))
     assert [r["iteration"] for r in records if "val_accuracy" in r] == [3, 6]
     assert all(r["seconds"] > 0 and r["tasks_per_second"] > 0 for r in records)
     assert Config.load(tmp_path / "config.json") == tiny_config
@@ -43,12 +49,12 @@ def test_same_seed_same_curve(tiny_config, tmp_path):
 def test_stop_then_resume_gives_the_uninterrupted_curve(tiny_config, tmp_path):
     uninterrupted = train(tiny_config, tmp_path / "full", progress=False)
     stopped = train(tiny_config, tmp_path / "run", progress=False, on_record=None,
-                    should_stop=lambda: len(read_metrics(tmp_path / "run")) >= 4)
+                    should_stop=lambda: len(records_in(tmp_path / "run")) >= 4)
     assert len(stopped) == 4
     assert load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")[1]["iterations"] == 4
     assert not (tmp_path / "run" / "evaluation.json").exists()  # not finished, not tested
     train(tiny_config, tmp_path / "run", resume=True, progress=False)
-    assert losses(read_metrics(tmp_path / "run")) == losses(uninterrupted)
+    assert losses(records_in(tmp_path / "run")) == losses(uninterrupted)
 
 
 def test_resume_with_another_outer_learning_rate_uses_it(tiny_config, tmp_path):
@@ -58,7 +64,7 @@ def test_resume_with_another_outer_learning_rate_uses_it(tiny_config, tmp_path):
     train(dataclasses.replace(tiny_config, outer_lr=low), tmp_path / "drop", resume=True, progress=False)
     train(dataclasses.replace(tiny_config, iterations=3), tmp_path / "same", progress=False)
     train(dataclasses.replace(tiny_config, outer_lr=high), tmp_path / "same", resume=True, progress=False)
-    dropped, same = losses(read_metrics(tmp_path / "drop")), losses(read_metrics(tmp_path / "same"))
+    dropped, same = losses(records_in(tmp_path / "drop")), losses(records_in(tmp_path / "same"))
     assert dropped[:4] == same[:4] and dropped[4:] != same[4:]  # iteration 4 is the first at the new rate
     assert Config.load(tmp_path / "drop" / "config.json").outer_lr == low
 
@@ -78,7 +84,7 @@ def test_a_cpu_run_resumed_on_the_gpu_continues_its_curve(tiny_config, tmp_path)
     uninterrupted = losses(train(cpu, tmp_path / "cpu", progress=False))
     train(dataclasses.replace(cpu, iterations=3), tmp_path / "moved", progress=False)
     train(dataclasses.replace(cpu, device="cuda"), tmp_path / "moved", resume=True, progress=False)
-    assert losses(read_metrics(tmp_path / "moved")) == pytest.approx(uninterrupted, rel=1e-4)
+    assert losses(records_in(tmp_path / "moved")) == pytest.approx(uninterrupted, rel=1e-4)
     _, metadata = load_checkpoint(tmp_path / "moved" / "checkpoint.safetensors")
     assert metadata["iterations"] == 6
 
@@ -96,14 +102,14 @@ def test_ctrl_c_stops_cleanly_and_saves(tiny_config, tmp_path):
                "--meta-batch", "2", "--iterations", "100000", "--val-every", "1000", "--test-tasks", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 60
-    while len(read_metrics(run_dir)) < 3 and time.time() < deadline:
+    while len(records_in(run_dir)) < 3 and time.time() < deadline:
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
     assert "Traceback" not in output
     saved = load_checkpoint(run_dir / "checkpoint.safetensors")[1]["iterations"]
-    assert saved == len(read_metrics(run_dir)) >= 3
+    assert saved == len(records_in(run_dir)) >= 3
 
 
 @pytest.mark.slow
@@ -149,6 +155,110 @@ def test_a_second_trainer_of_the_same_run_is_refused(tiny_config, tmp_path):
         return True
 
     train(tiny_config, tmp_path, resume=True, progress=False, should_stop=try_second_trainer)
-    assert refused and [r["iteration"] for r in read_metrics(tmp_path)] == [r["iteration"] for r in first]
+    assert refused and [r["iteration"] for r in records_in(tmp_path)] == [r["iteration"] for r in first]
     train(dataclasses.replace(tiny_config, iterations=3, test_tasks=0), tmp_path, resume=True, progress=False)
-    assert [r["iteration"] for r in read_metrics(tmp_path)] == [1, 2, 3]  # released once the first returned
+    assert [r["iteration"] for r in records_in(tmp_path)] == [1, 2, 3]  # released once the first returned
+
+
+class Died(BaseException):
+    """A process dying where the test says: nothing after it runs, as with kill -9."""
+
+
+def test_a_death_between_the_training_state_and_the_checkpoint_leaves_a_resumable_run(tiny_config, tmp_path,
+                                                                                    monkeypatch):
+    uninterrupted = losses(train(tiny_config, tmp_path / "full", progress=False))
+    saves = []
+
+    def save_then_die(path, model, metadata):
+        saves.append(metadata["iterations"])
+        raise Died  # after the training state of iteration 3 was written, before its checkpoint
+
+    monkeypatch.setattr("fewshot.training.save_checkpoint", save_then_die)
+    with pytest.raises(Died):
+        train(tiny_config, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    assert saves == [3] and not (tmp_path / "run" / "checkpoint.safetensors").exists()
+    train(tiny_config, tmp_path / "run", resume=True, progress=False)
+    assert losses(records_in(tmp_path / "run")) == uninterrupted
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")[1]["iterations"] == 6
+
+
+def test_a_run_that_died_before_its_first_save_resumes_from_the_start(tiny_config, tmp_path):
+    """Its records, and a half-written last line, are dropped: no iteration appears twice."""
+    uninterrupted = losses(train(tiny_config, tmp_path / "full", progress=False))
+
+    def die_at_iteration_2(record):
+        if record["iteration"] == 2:
+            raise Died
+
+    with pytest.raises(Died):
+        train(tiny_config, tmp_path / "run", progress=False, on_record=die_at_iteration_2)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 3, "train_lo')  # killed while writing a record
+    train(tiny_config, tmp_path / "run", resume=True, progress=False)
+    assert [r["iteration"] for r in records_in(tmp_path / "run")] == list(range(1, 7))
+    assert losses(records_in(tmp_path / "run")) == uninterrupted
+
+
+def test_ctrl_c_during_the_final_save_still_saves_and_the_run_resumes(tiny_config, tmp_path, monkeypatch):
+    from fewshot import training
+    real_save = training.save_checkpoint
+
+    def save_with_a_ctrl_c(path, model, metadata):
+        if metadata["iterations"] == tiny_config.iterations:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the last iteration is being saved
+        real_save(path, model, metadata)
+
+    monkeypatch.setattr(training, "save_checkpoint", save_with_a_ctrl_c)
+    train(tiny_config, tmp_path, progress=False)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "checkpoint.safetensors")[1]["iterations"] == 6
+    assert not (tmp_path / "evaluation.json").exists()  # stopped: the test evaluation is left for later
+    train(tiny_config, tmp_path, resume=True, progress=False)
+    assert json.loads((tmp_path / "evaluation.json").read_text())["tasks"] == tiny_config.test_tasks
+    assert [r["iteration"] for r in records_in(tmp_path)] == list(range(1, 7))
+
+
+def start_training(run_dir, data_root, *options):
+    command = [sys.executable, "-m", "fewshot", "train", "--run-dir", str(run_dir), "--data-root", data_root,
+               "--algorithm", "fomaml", "--channels", "8", "--blocks", "2", "--meta-batch", "2",
+               "--val-every", "1000", "--test-tasks", "0", *options]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def seconds_to_exit(process, timeout=60) -> float:
+    tick = time.time()
+    process.communicate(timeout=timeout)
+    return time.time() - tick
+
+
+def test_a_stop_ends_a_run_within_seconds_while_it_loads_or_in_a_long_iteration(data_root, tmp_path):
+    from fewshot.training import STOP_GRACE
+    for delay in (0.3, 1.5):  # importing torch, loading Omniglot: no iteration yet
+        loading = start_training(tmp_path / f"loading-{delay}", data_root, "--iterations", "10000")
+        time.sleep(delay)
+        loading.send_signal(signal.SIGINT)
+        assert seconds_to_exit(loading) < STOP_GRACE + 2
+
+    slow = start_training(tmp_path / "slow", data_root, "--iterations", "100", "--meta-batch", "1280",
+                          "--inner-steps", "100")  # over 10 s an iteration
+    deadline = time.time() + 120
+    while not records_in(tmp_path / "slow") and time.time() < deadline:
+        time.sleep(0.1)
+    slow.send_signal(signal.SIGINT)  # early in iteration 2
+    assert seconds_to_exit(slow) < STOP_GRACE + 2 and slow.returncode == 0
+    saved = load_checkpoint(tmp_path / "slow" / "checkpoint.safetensors")[1]["iterations"]
+    assert saved == 1 and [r["iteration"] for r in records_in(tmp_path / "slow")] == [1]
+    resumed = start_training(tmp_path / "slow", data_root, "--iterations", "1", "--resume")
+    resumed.communicate(timeout=120)
+    assert resumed.returncode == 0 and [r["iteration"] for r in records_in(tmp_path / "slow")] == [1]
+
+
+@pytest.mark.slow
+def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_curve(data_root):
+    """A short round of scripts/kill_loop.py: six kills at random moments, each run resumed to its end."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "kill_loop.py"
+    result = subprocess.run([sys.executable, str(script), "--kills", "6", "--seed", "3", "--data-root", data_root],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '"failures": []' in result.stdout and "finished: consistent with the uninterrupted run" in result.stdout

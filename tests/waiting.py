@@ -1,5 +1,6 @@
-"""Waiting, in the tests, for training processes and pages that move on their own."""
+"""Waiting, in the tests, for training processes and pages that move on their own; racing threads."""
 
+import threading
 import time
 
 
@@ -10,3 +11,21 @@ def wait_for(condition, what: str, timeout: float = 120) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.2)
+
+
+def outcomes_at_once(action, threads: int = 2) -> list:
+    """Calls `action()` in `threads` threads at once; returns what each returned, or the exception it raised."""
+    outcomes = []
+
+    def attempt():
+        try:
+            outcomes.append(action())
+        except Exception as error:
+            outcomes.append(error)
+
+    started = [threading.Thread(target=attempt) for _ in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join()
+    return outcomes

@@ -1,0 +1,55 @@
+"""Writing files so that a crash, a signal or a second writer never leaves a half-written one.
+
+Each write goes to a fresh temporary file in the same folder (a unique name, so two threads or processes
+never share one), is flushed to disk, and then takes the final name in one step: `os.replace` for a file
+that may be overwritten, `os.link` for one that must not be. A reader sees the old file or the new one,
+never a mixture; a failed write leaves the old file and removes its temporary file, and its OSError names
+the file meant, not the temporary one.
+"""
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def temporary_beside(path: Path):
+    """A fresh temporary path in `path`'s folder, readable by all as files usually are, removed afterwards
+    unless it was renamed; an OSError inside names `path`."""
+    path = Path(path)
+    try:
+        descriptor, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(descriptor, 0o644)
+        os.close(descriptor)
+        try:
+            yield Path(tmp)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+def replace_with(path: Path, write) -> None:
+    """Calls `write(tmp)` on a temporary path beside `path`, then puts it in `path`'s place atomically."""
+    with temporary_beside(path) as tmp:
+        write(tmp)
+        _sync(tmp)
+        os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    replace_with(path, lambda tmp: tmp.write_text(text))
+
+
+def create_with(path: Path, write) -> None:
+    """Like replace_with, but FileExistsError if `path` exists, even when another writer creates it meanwhile."""
+    with temporary_beside(path) as tmp:
+        write(tmp)
+        _sync(tmp)
+        os.link(tmp, path)  # fails if the name is taken: no check-then-write race
+
+
+def _sync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())

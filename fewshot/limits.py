@@ -1,0 +1,107 @@
+"""What one server lets a class ask of it: the largest sizes the app's form takes, the memory a run may use,
+and how many runs may train at once. The app enforces them (runs.start); the command line does not.
+
+The defaults fit the machine the app was written on, 2 cores and 24 GB shared by the server, its pages and
+the runs. An instructor changes any of them with an environment variable before starting the server:
+FEWSHOT_MAX_CHANNELS=512, FEWSHOT_MAX_MEMORY_GB=16, FEWSHOT_MAX_RUNS=4, ...
+"""
+
+import os
+
+from .config import DRAWINGS_PER_CHARACTER, Config
+from .models import FCNet
+
+MAXIMA = {  # the largest value of each Config field that the app accepts; FEWSHOT_MAX_<FIELD> overrides it
+    "channels": 256,  # 4 times the paper's 64; a model of 256 x 6 blocks is a 12 MB checkpoint
+    "blocks": 6,  # a drawing is 1 pixel wide after 5 blocks (28, 14, 7, 4, 2, 1); more add only weights
+    "ways": 50,  # 2.5 times the paper's largest, 20; the smallest split (validation) has 400 classes
+    "shots": DRAWINGS_PER_CHARACTER - 1,  # Omniglot has 20 drawings per character, and Config takes
+    "queries": DRAWINGS_PER_CHARACTER - 1,  # shots + queries <= 20
+    "meta_batch": 128,  # 4 times the paper's 32
+    "iterations": 100_000,  # the paper's 60,000 and more; each adds a line to metrics.jsonl, which the pages read
+    "inner_steps": 10,  # the paper trains with 1 to 5; a meta-update's time and memory grow with each step
+    "test_inner_steps": 50,  # the paper tests with 3 to 10; only time grows: no meta-gradient is kept
+    "val_tasks": 500,  # validation adapts them all at once: the memory estimate below bounds them with the sizes
+    "test_tasks": 2000,  # the paper's 600 and more; only time grows: they are adapted 100 at a time
+}
+MAX_MEMORY_GB = 8  # per run. The original notebook's sizes (conv 128x3, 5-way 5-shot, meta-batch 32) measured
+# 3.5-4.0 GB a meta-update and 5.4 GB testing 100 tasks at once (7.2 estimated). Two runs at this limit, with
+# their libraries and data (0.5 GB each), leave 7 of the 24 GB to the server, its pages and the system.
+
+# The memory estimate, calibrated on the peak resident memory of real meta-updates (fewshot.maml.meta_backward)
+# and validations on random tasks, one thread (scripts/calibrate_memory.py): 28 sizes, MAML and FOMAML, conv
+# and fc, 0.2 to 5.8 GB, measured 0.5 to 1.1 times the estimate (FOMAML and the fc net the least; one size
+# measured twice can differ by 20 %).
+BASE_BYTES = 0.27e9  # a meta-update's fixed cost: torch.func and vmap, and the kernels they page in
+BYTES_PER_ACTIVATION = 44  # each number a layer outputs is kept about 11 times (float32: forward and backward)
+BYTES_PER_WEIGHT = 8  # each task's adapted copy of the weights, and its gradient, at every inner step
+EVALUATION_SHARE = 0.6  # a validation or test task keeps no meta-gradient: 0.5 to 0.6 of a meta-update's task
+TEST_TASKS_AT_ONCE = 100  # evaluation.adapted_task_metrics adapts test tasks 100 at a time
+
+
+def maximum(name: str) -> int | None:
+    """The largest value the app accepts for Config field `name`, or None where it sets none."""
+    return _setting(f"FEWSHOT_MAX_{name.upper()}", MAXIMA[name]) if name in MAXIMA else None
+
+
+def max_memory_gb() -> float:
+    """The memory (GB) that one run's meta-updates and evaluations may need: FEWSHOT_MAX_MEMORY_GB."""
+    return _setting("FEWSHOT_MAX_MEMORY_GB", MAX_MEMORY_GB, float)
+
+
+def max_runs() -> int:
+    """How many runs may train at once: FEWSHOT_MAX_RUNS, else one per core, and at least the two of a
+    comparison. Each run trains on one thread (runs.start), so each has a core; more runs than cores slow
+    every run and every page alike (ten runs on two cores took 9.8 GB, and the Draw page 50 s to load)."""
+    return _setting("FEWSHOT_MAX_RUNS", max(2, len(os.sched_getaffinity(0))))
+
+
+def memory_gb(config: Config) -> float:
+    """The estimated peak memory, in GB, of what a run computes, beyond its libraries and data: a meta-update of
+    meta_batch tasks, or a validation of val_tasks tasks, or a test of 100 tasks at a time, whichever is most."""
+    meta_update = config.meta_batch * task_bytes(config, config.inner_steps)
+    evaluation_tasks = max(config.val_tasks, min(config.test_tasks, TEST_TASKS_AT_ONCE))
+    evaluation = evaluation_tasks * EVALUATION_SHARE * task_bytes(config, 1)
+    return (BASE_BYTES + max(meta_update, evaluation)) / 1e9
+
+
+def task_bytes(config: Config, steps: int) -> float:
+    """Memory of one task in a meta-update with `steps` inner steps: the layer outputs of every forward pass
+    (the support set at each step, then support and queries together), and a copy of the weights per step."""
+    images = config.ways * (config.shots * (steps + 1) + config.queries)
+    if config.backbone == "conv":
+        side, pixels = 28, 0
+        for _ in range(config.blocks):  # each block's stride-2 conv halves the side, rounding up
+            side = (side + 1) // 2
+            pixels += side * side
+        outputs, weights = config.channels * pixels, 9 * config.channels ** 2 * (config.blocks - 1)
+    else:
+        sizes = (28 * 28,) + FCNet.SIZES
+        outputs, weights = sum(FCNet.SIZES), sum(a * b for a, b in zip(sizes, sizes[1:]))
+    return BYTES_PER_ACTIVATION * images * outputs + BYTES_PER_WEIGHT * (steps + 1) * weights
+
+
+def check(config: Config) -> list:
+    """Every way in which `config` asks more of this server than it allows, one line each; [] if none."""
+    problems = [f"{name} must be at most {maximum(name)} here, got {getattr(config, name)} "
+                f"(FEWSHOT_MAX_{name.upper()} sets this limit)"
+                for name in MAXIMA if getattr(config, name) > maximum(name)]
+    if memory_gb(config) > max_memory_gb():
+        problems.append(f"this run would need about {memory_gb(config):.1f} GB of memory, over the "
+                        f"{max_memory_gb():g} GB a run may use here (FEWSHOT_MAX_MEMORY_GB): lower channels, "
+                        "ways, shots, queries, meta_batch, inner_steps, val_tasks or test_tasks")
+    return problems
+
+
+def _setting(variable: str, default, kind=int):
+    """The positive number in environment variable `variable`, else `default`."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise ValueError(f"{variable} must be a positive {'whole ' if kind is int else ''}number, got {text!r}")
+    return value

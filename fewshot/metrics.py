@@ -1,0 +1,99 @@
+"""A run's metrics.jsonl: one JSON record per iteration, appended by training, read by the app as it grows.
+
+A process killed mid-write leaves a last line without its newline; readers wait for the newline, and a
+resumed run cuts the file back to its checkpoint (`truncate`), which drops such a line. A line that is not a
+record (a disk error, a hand edit) is skipped and counted, never fatal.
+"""
+
+import json
+import os
+import threading
+from pathlib import Path
+
+from . import files
+
+REQUIRED_NUMBERS = ("seconds", "train_loss", "train_accuracy")
+
+
+def parse(lines: list) -> tuple[list, int]:
+    """The records among complete `lines` (bytes or str), and how many lines were not records."""
+    records, skipped = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:  # also a UnicodeDecodeError
+            record = None
+        if _is_record(record):
+            records.append(record)
+        else:
+            skipped += 1
+    return records, skipped
+
+
+def _is_record(record) -> bool:
+    """Whether a parsed line is a record the app can plot: an iteration, and numbers for what it measured."""
+    if not isinstance(record, dict) or type(record.get("iteration")) is not int:
+        return False
+    measured = [record.get(key) for key in REQUIRED_NUMBERS]
+    measured += [value for key, value in record.items() if key.startswith("val_")]
+    return all(type(value) in (int, float) for value in measured)
+
+
+def read(path: Path) -> tuple[list, int]:
+    """All complete records of the file (none if it does not exist), and the count of lines skipped."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    return parse(data.rpartition(b"\n")[0].split(b"\n"))
+
+
+def truncate(path: Path, iteration: int) -> list:
+    """Keeps the records up to `iteration` (0: none), rewriting the file atomically; returns them."""
+    kept = [record for record in read(path)[0] if record["iteration"] <= iteration]
+    files.write_text(Path(path), "".join(json.dumps(record) + "\n" for record in kept))
+    return kept
+
+
+class Reader:
+    """Follows one metrics file: each read() parses only the lines appended since the last one.
+
+    A file replaced by truncate() (another inode, or other bytes where the last line read was) is read
+    again from the start. Safe to share between threads, so every viewer of a run shares one reader.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._reset(None)
+
+    def read(self) -> tuple[list, int]:
+        """The records so far (a list owned by the reader: do not change it) and the lines skipped."""
+        with self._lock:
+            try:
+                with open(self.path, "rb") as f:
+                    identity = os.fstat(f.fileno()).st_ino
+                    if identity != self._identity or not self._still_there(f):
+                        self._reset(identity)
+                    f.seek(self._offset)
+                    complete = f.read().rpartition(b"\n")[0]
+            except FileNotFoundError:
+                self._reset(None)
+                return self.records, self.skipped
+            if complete:
+                lines = complete.split(b"\n")
+                records, skipped = parse(lines)
+                self.records, self.skipped = self.records + records, self.skipped + skipped
+                self._offset += len(complete) + 1
+                self._last_line = lines[-1] + b"\n"
+            return self.records, self.skipped
+
+    def _still_there(self, f) -> bool:
+        """Whether the last line read is still where it was: the file was appended to, not rewritten."""
+        f.seek(self._offset - len(self._last_line))
+        return f.read(len(self._last_line)) == self._last_line
+
+    def _reset(self, identity) -> None:
+        self.records, self.skipped, self._offset, self._last_line, self._identity = [], 0, 0, b"", identity
