@@ -1,13 +1,16 @@
 """Adapting a model to drawn classes (fewshot.adaptation), and the checkpoints the Draw page offers."""
 
+import copy
 import os
 import tempfile
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch.func import functional_call
 
 from canvas_drawings import QUERY, SHAPES, canvas_image
+from fewshot import maml
 from fewshot.adaptation import (MAX_UPLOAD_NAME, adapt_and_classify, adaptation_settings, find_checkpoints,
                                 load_uploaded_checkpoint, omniglot_examples, idle_threads, upload_name)
 from fewshot.checkpoints import CheckpointError, checkpoint_metadata, save_checkpoint
@@ -45,6 +48,29 @@ def test_adaptation_fits_the_drawn_support_set(model, drawn_task):
     assert torch.allclose(adaptation.after.sum(-1), torch.ones(1))
     assert adaptation.after[0].argmax() == list(SHAPES).index("circle")  # the query is a new circle
     assert set(adaptation.params) == {name for name, _ in model.named_parameters()}
+
+
+def test_adaptation_is_mamls_first_order_inner_loop_and_query_logits(model, drawn_task):
+    """adapt_and_classify rewrites maml.adapt (first order) and maml.query_logits with plain autograd, for speed
+    on one task: in float64 both give the same support losses, weights and query probabilities, to rounding."""
+    model = copy.deepcopy(model).double()
+    support_x, support_y, query_x = drawn_task
+    support_x = support_x.double()
+    queries = torch.cat([query_x.double(), torch.rand(3, 1, 28, 28, dtype=torch.float64)])
+    steps, inner_lr = 3, 0.4
+    adaptation = adapt_and_classify(model, support_x, support_y, inner_lr, steps, queries)
+    theta = dict(model.named_parameters())
+    for step in range(steps + 1):
+        params = maml.adapt(model, theta, support_x, support_y, inner_lr, step, first_order=True)
+        loss = maml.loss(model, params, support_x, support_y).item()
+        accuracy = (functional_call(model, params, (support_x,)).argmax(-1) == support_y).double().mean().item()
+        assert adaptation.support_loss[step] == pytest.approx(loss, rel=1e-10, abs=1e-12), step
+        assert adaptation.support_accuracy[step] == pytest.approx(accuracy, abs=1e-6), step  # a float32 mean
+    for name, weight in params.items():  # params: after all the steps
+        torch.testing.assert_close(adaptation.params[name], weight, rtol=0, atol=1e-10)
+    for probabilities, weights in ((adaptation.before, theta), (adaptation.after, params)):
+        expected = maml.query_logits(model, weights, support_x, queries).softmax(-1)
+        torch.testing.assert_close(probabilities, expected, rtol=0, atol=1e-12)
 
 
 def test_a_query_alone_gets_the_probabilities_it_gets_among_others(model, drawn_task):

@@ -85,8 +85,26 @@ def test_home_explains_maml_and_shows_a_real_five_way_task(data_root):
     assert len(app.get("latex")) >= 3  # inner update, outer update, and what first order drops
     assert "First-order MAML" in texts(app) and "**Compare**" in texts(app)
     assert len(app.get("image")) == 1
-    app.button[0].click().run()  # another task
-    assert not app.exception and len(app.get("image")) == 1
+
+
+def test_home_another_task_shows_a_new_task_and_a_rerun_keeps_it(data_root):
+    """An image's URL names a hash of its bytes (Streamlit's media files): another picture, another URL."""
+    app = open_page()
+    shown = [task_picture_url(app)]
+    app.run()
+    assert task_picture_url(app) == shown[0]  # the same task while the button is not pressed
+    for _ in range(2):
+        [another] = [button for button in app.button if button.label == "Another task"]
+        another.click().run()
+        assert not app.exception
+        shown.append(task_picture_url(app))
+    assert len(set(shown)) == 3, shown
+
+
+def task_picture_url(app: AppTest) -> str:
+    [image] = app.get("image")
+    [url] = image.value
+    return url
 
 
 def test_train_form_has_every_option_and_fills_from_presets(data_root):
@@ -105,6 +123,27 @@ def test_train_form_has_every_option_and_fills_from_presets(data_root):
     assert form_field(app, "inner_lr").value == 0.4
     assert form_field(app, "split").value == "maml-paper"
     assert "No runs yet" in texts(app)
+
+
+@pytest.mark.parametrize("page, prefix, start", [("pages/train.py", "train", "Start"),
+                                                  ("pages/compare.py", "compare", "Start MAML and FOMAML")])
+def test_the_forms_preset_and_fields_are_kept_while_another_page_is_shown(data_root, monkeypatch, page, prefix,
+                                                                          start):
+    """Streamlit forgets the widgets of a page not shown; these persist for the session (persist_state).
+    A form sends its fields when Start is pressed (in AppTest as in the browser): a memory limit that no run
+    fits keeps the press from starting anything."""
+    monkeypatch.setenv("FEWSHOT_MAX_MEMORY_GB", "0.001")
+    app = open_page(page)
+    app.selectbox(key=f"{prefix}_preset").set_value("MAML paper 5-way 1-shot").run()
+    assert form_field(app, "channels").value == 64 and form_field(app, "split").value == "maml-paper"
+    fill_form(app, channels=16, split="lake")
+    app.button(key=f"FormSubmitter:{prefix}_form-{start}").click().run()
+    assert app.error[0].value.startswith("Cannot start: this run would need about") and runs.list_runs() == []
+    app.switch_page("pages/home.py").run()
+    app.switch_page(page).run()
+    assert not app.exception
+    assert app.selectbox(key=f"{prefix}_preset").value == "MAML paper 5-way 1-shot"
+    assert form_field(app, "channels").value == 16 and form_field(app, "split").value == "lake"
 
 
 def test_train_page_starts_a_run_charts_it_live_stops_it_and_keeps_its_checkpoint(data_root, run_folders):
@@ -243,14 +282,16 @@ def listening_addresses(port: int) -> list:
     return addresses
 
 
-def test_compare_page_runs_both_orders_side_by_side_and_stops_them(data_root):
+def test_compare_page_runs_both_orders_on_one_config_side_by_side_and_stops_them(data_root):
     app = open_page("pages/compare.py")
     assert "First-order MAML drops that Hessian term" in texts(app)
-    fill_form(app, iterations=100_000, **TINY)
+    fill_form(app, iterations=100_000, seed=7, **TINY)
     app.button(key="FormSubmitter:compare_form-Start MAML and FOMAML").click().run()
     assert not app.exception and not app.error
     started = runs.list_runs()
-    assert sorted(run.config().algorithm for run in started) == ["fomaml", "maml"]
+    maml, fomaml = (saved_config(run) for run in sorted(started, key=lambda run: run.config().algorithm != "maml"))
+    assert (maml.pop("algorithm"), fomaml.pop("algorithm")) == ("maml", "fomaml")
+    assert maml == fomaml and maml["seed"] == 7 and maml["channels"] == 8  # the form's, the seed included
     wait_for(lambda: all(len(run.metrics()) >= 3 for run in started), "three iterations of both")
     app.run()
     for chart in (0, 1):  # against iterations, against seconds
@@ -266,6 +307,12 @@ def test_compare_page_runs_both_orders_side_by_side_and_stops_them(data_root):
     app.run()
     assert [run.status() for run in started] == [runs.STOPPED, runs.STOPPED]
     assert not app.exception
+
+
+def saved_config(run: runs.Run) -> dict:
+    """The config.json that the run's training process writes first thing."""
+    wait_for(lambda: (run.path / "config.json").exists(), f"{run.name}'s config.json")
+    return json.loads((run.path / "config.json").read_text())
 
 
 def test_compare_page_on_a_fresh_machine_shows_the_shipped_checkpoints_runs(tmp_path, monkeypatch):

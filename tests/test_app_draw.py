@@ -1,32 +1,38 @@
 """The Draw page with Streamlit's AppTest: drawings are injected through the canvases' widget state (AppTest
 cannot draw; tests/test_browser_draw.py draws with the mouse)."""
 
+import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 from streamlit.testing.v1 import AppTest
+from torch.func import functional_call
 
 from canvas_drawings import QUERY, QUERY_NAME, SHAPES, canvas_image, data_url
-from fewshot.checkpoints import checkpoint_metadata, save_checkpoint
+from fewshot import maml
+from fewshot.adaptation import DEFAULT_CHECKPOINT
+from fewshot.checkpoints import checkpoint_metadata, load_checkpoint, save_checkpoint
 from fewshot.config import Config
+from fewshot.drawing import drawing_to_ink
 from fewshot.models import build_model
+from fewshot.omniglot import split_characters
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app.py")
 NAMES = list(SHAPES)
 
 
 @pytest.fixture(autouse=True)
 def folders(tmp_path, monkeypatch):
-    """Kept checkpoints and runs in temporary folders, with one small checkpoint: 5-way, 1 shot, 5 inner steps."""
+    """Kept checkpoints and runs in temporary folders; the one checkpoint is the shipped default (MAML 5-way)."""
     monkeypatch.setenv("FEWSHOT_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("FEWSHOT_CHECKPOINTS", str(tmp_path / "checkpoints"))
     (tmp_path / "checkpoints").mkdir()
-    torch.manual_seed(0)
-    config = Config(algorithm="fomaml", channels=16, blocks=3, ways=5, shots=1, inner_lr=0.4, test_inner_steps=5)
-    save_checkpoint(tmp_path / "checkpoints" / "small.safetensors", build_model("conv", 5, 16, 3),
-                    checkpoint_metadata(config, iterations=0))
+    shutil.copyfile(REPO / "checkpoints" / DEFAULT_CHECKPOINT, tmp_path / "checkpoints" / DEFAULT_CHECKPOINT)
     return tmp_path
 
 
@@ -63,9 +69,35 @@ def empty_slots(app: AppTest) -> int:
     return sum(caption.value == "empty" for caption in app.caption)
 
 
-def test_draw_adapt_and_classify_end_to_end():
+def chart_data(app: AppTest, index: int) -> list:
+    """The y values of each trace of the page's index-th plotly chart."""
+    return [trace["y"] for trace in json.loads(app.get("plotly_chart")[index].proto.spec)["data"]]
+
+
+def expected_adaptation(folders: Path) -> dict:
+    """What the page should find, computed apart from it: maml.adapt (first order) and maml.query_logits, with the
+    checkpoint's inner learning rate and test-time steps, on the 28x28 ink of what draw_all_classes draws."""
+    model, metadata = load_checkpoint(folders / "checkpoints" / DEFAULT_CHECKPOINT)
+    steps, inner_lr = metadata["test_inner_steps"], metadata["inner_lr"]
+    support_x = torch.stack([drawing_to_ink(canvas_image(SHAPES[name]))[None] for name in NAMES])
+    support_y = torch.arange(len(NAMES))
+    query_x = drawing_to_ink(canvas_image(QUERY))[None, None]
+    theta = dict(model.named_parameters())
+    adapted = maml.adapt(model, theta, support_x, support_y, inner_lr, steps, first_order=True)
+    with torch.no_grad():
+        return {
+            "steps": steps,
+            "loss": [maml.loss(model, params, support_x, support_y).item() for params in (theta, adapted)],
+            "accuracy": [(functional_call(model, params, (support_x,)).argmax(-1) == support_y).float().mean().item()
+                         for params in (theta, adapted)],
+            "probabilities": [maml.query_logits(model, params, support_x, query_x)[0].softmax(-1).tolist()
+                              for params in (theta, adapted)]}
+
+
+def test_draw_adapt_and_classify_end_to_end(folders):
+    expected = expected_adaptation(folders)
     app = open_draw_page()
-    assert app.selectbox(key="draw_checkpoint").options[0].endswith("small.safetensors")
+    assert app.selectbox(key="draw_checkpoint").options[0].endswith(DEFAULT_CHECKPOINT)
     assert "meta-trained on 5-way 1-shot tasks" in texts(app, "caption")
     draw_all_classes(app)
     app.run()
@@ -76,9 +108,18 @@ def test_draw_adapt_and_classify_end_to_end():
     button(app, "Adapt").click().run()
     assert not app.exception and not app.error, app.error
     text = texts(app, "markdown")
-    assert "5 inner steps on 5 drawings" in text and "Support accuracy 20% → **100%**" in text
-    assert f"Prediction after adaptation: **{QUERY_NAME}**" in text
-    assert len(app.get("plotly_chart")) == 2  # the inner loop's curves, and the query's probabilities
+    (first, last), (before, after) = expected["accuracy"], expected["probabilities"]
+    assert f"{expected['steps']} inner steps on 5 drawings" in text
+    assert f"Support accuracy {first:.0%} → **{last:.0%}**" in text  # fifths: no rounding at stake
+    shown_loss = re.search(r"loss (\S+) → \*\*(\S+)\*\*", text).groups()
+    assert [float(loss) for loss in shown_loss] == pytest.approx(expected["loss"], abs=0.006)  # to 2 decimals
+    curves, bars = chart_data(app, 0), chart_data(app, 1)  # the inner loop's curves, the query's probabilities
+    assert [curves[0][0], curves[0][-1]] == pytest.approx(expected["loss"], rel=1e-4)
+    assert [curves[1][0], curves[1][-1]] == pytest.approx(expected["accuracy"])
+    assert bars[0] == pytest.approx(before, abs=1e-5) and bars[1] == pytest.approx(after, abs=1e-5)
+    winner = max(range(len(NAMES)), key=after.__getitem__)
+    assert f"Prediction after adaptation: **{NAMES[winner]}** ({after[winner]:.0%})" in text
+    assert NAMES[winner] == QUERY_NAME  # and the shipped model gets this new circle right
 
     draw(app, "query", SHAPES["X"])  # a new query is classified without adapting again
     app.run()
@@ -96,13 +137,14 @@ def test_names_settings_and_drawings_survive_another_page():
     steps.set_value(2).run()
     button(app, "Adapt").click().run()
     assert "2 inner steps on 5 drawings" in texts(app, "markdown")
+    [prediction] = [line for line in texts(app, "markdown").splitlines() if "Prediction after adaptation" in line]
     app.switch_page("pages/home.py").run()
     app.switch_page("pages/draw.py").run()
     assert not app.exception and not app.warning, app.warning
     assert [app.text_input(key=f"draw_name_{c}").value for c in range(len(NAMES))] == NAMES
     assert next(n for n in app.number_input if n.label == "Inner steps").value == 2
     assert empty_slots(app) == 0
-    assert f"Prediction after adaptation: **{QUERY_NAME}**" in texts(app, "markdown")
+    assert prediction in texts(app, "markdown").splitlines()
 
 
 def test_a_class_without_drawing_and_a_blank_canvas_are_named():
@@ -177,14 +219,14 @@ def test_a_checkpoint_the_page_cannot_use_shows_an_error(folders, write, message
 def test_an_uploaded_checkpoint_is_used(folders):
     app = open_draw_page()
     app.selectbox(key="draw_checkpoint").set_value("upload").run()
-    upload = (folders / "checkpoints" / "small.safetensors").read_bytes()
-    app.get("file_uploader")[0].upload("small.safetensors", upload).run()
+    upload = (folders / "checkpoints" / DEFAULT_CHECKPOINT).read_bytes()
+    app.get("file_uploader")[0].upload("mine.safetensors", upload).run()
     assert not app.exception and not app.error
     assert "meta-trained on 5-way 1-shot tasks" in texts(app, "caption")
 
 
 def test_without_any_checkpoint_the_page_says_where_to_get_one(folders):
-    (folders / "checkpoints" / "small.safetensors").unlink()
+    (folders / "checkpoints" / DEFAULT_CHECKPOINT).unlink()
     app = open_draw_page()
     assert app.selectbox(key="draw_checkpoint").options == ["Upload a checkpoint ..."]
     assert "No checkpoint in checkpoints/ or runs/ yet" in texts(app, "info")
@@ -200,7 +242,13 @@ def test_the_page_works_without_omniglot(tmp_path, monkeypatch):
     assert not app.exception and f"**{QUERY_NAME}**" in texts(app, "markdown")
 
 
-def test_fill_from_omniglot_then_adapt(data_root, monkeypatch):
+def drawn_characters(omniglot, ink) -> list:
+    """The characters of which `ink` is one of the drawings."""
+    return omniglot.ink.eq(torch.as_tensor(ink)).all(-1).all(-1).any(-1).nonzero()[:, 0].tolist()
+
+
+def test_fill_from_omniglot_draws_characters_the_checkpoint_never_saw_then_adapts(omniglot, data_root, monkeypatch,
+                                                                                  folders):
     monkeypatch.setenv("FEWSHOT_DATA", data_root)
     app = open_draw_page()
     button(app, "Fill from Omniglot").click().run()
@@ -208,6 +256,12 @@ def test_fill_from_omniglot_then_adapt(data_root, monkeypatch):
     names = [app.text_input(key=f"draw_name_{c}").value for c in range(5)]
     assert len(set(names)) == 5 and all(" / character" in name for name in names)
     assert empty_slots(app) == 0
+    split = load_checkpoint(folders / "checkpoints" / DEFAULT_CHECKPOINT)[1]["split"]
+    unseen = set(split_characters(omniglot, split)["test"])
+    filled = app.session_state["draw_filled"]
+    classes = [drawn_characters(omniglot, filled[(c, 0)]) for c in range(5)]
+    assert all(len(characters) == 1 and characters[0] in unseen for characters in classes), classes
+    assert drawn_characters(omniglot, filled["query"]) in classes  # a new drawing of one of them
     button(app, "Adapt").click().run()
     assert not app.exception and not app.error
     assert "Prediction after adaptation" in texts(app, "markdown")

@@ -8,7 +8,6 @@ It uses the shipped checkpoints/maml-conv-5way.safetensors. The screenshots go t
 import io
 import re
 import shutil
-import time
 
 import pytest
 from PIL import Image
@@ -16,11 +15,22 @@ from PIL import Image
 from browser import ARTIFACTS, CHROMIUM, REPO, launch_chromium, served_app
 from canvas_drawings import QUERY, QUERY_NAME, SECOND_QUERY, SECOND_QUERY_NAME, SHAPES
 from fewshot.adaptation import DEFAULT_CHECKPOINT
+from waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 TIMEOUT_MS = 120_000  # generous: two cores shared by the app, maybe training runs, and the browser
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+# In every page the browser opens: window.runsEnded counts the script runs that ended, each time the app's
+# data-test-script-state attribute leaves "running" (a run's start alone can come and go between two looks).
+COUNT_RUNS = """window.runsEnded = 0;
+new MutationObserver(records => { for (const r of records) if (r.oldValue === "running") window.runsEnded++; })
+    .observe(document, {subtree: true, attributes: true, attributeFilter: ["data-test-script-state"],
+                        attributeOldValue: true});"""
+# Whether the toolbar of a canvas (fabric.js' upper canvas, the argument) has slid in, above it: on hover it
+# moves up out of the canvas' top and fades in; until it is done it lies over the canvas and takes strokes.
+TOOLBAR_SHOWN = """canvas => { const toolbar = canvas.closest(".dc-root").querySelector(":scope > .dc-toolbar");
+    return getComputedStyle(toolbar).opacity === "1" && toolbar.getAnimations().length === 0; }"""
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +52,7 @@ def page(app):
         browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 2600})  # the whole page, unscrolled
         page.set_default_timeout(TIMEOUT_MS)
+        page.add_init_script(COUNT_RUNS)
         # The first visit after the server starts runs in Streamlit's legacy pages/ mode until app.py has
         # called st.navigation once: reload, then go to the Draw page through the navigation.
         page.goto(app)
@@ -56,17 +67,15 @@ def page(app):
 def test_five_drawn_characters_and_a_new_drawing_is_recognised(page):
     canvases = page.locator("canvas.upper-canvas")  # fabric.js' drawing layer, inside the component's shadow DOM
     canvases.nth(len(SHAPES)).wait_for()  # the five classes' canvases, then the query's
+    page.wait_for_selector(IDLE)  # the page's first run, before the runs that the test's actions cause
     for c, name in enumerate(SHAPES):
         page.get_by_label(f"Class {c + 1}", exact=True).fill(name)
-        page.keyboard.press("Enter")
-        _settle(page)
+        _rerun(page, lambda: page.keyboard.press("Enter"))
     for index, strokes in enumerate(list(SHAPES.values()) + [QUERY]):
         _draw(page, canvases.nth(index), strokes, empty_after=len(SHAPES) - index)
 
-    page.get_by_role("button", name="Adapt").click()
+    _rerun(page, page.get_by_role("button", name="Adapt").click)
     prediction = page.get_by_text(re.compile("^Prediction after adaptation"))
-    prediction.wait_for()
-    _settle(page)
     page.locator(".js-plotly-plot").nth(1).wait_for()  # the probabilities' bar chart
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "draw-adapted.png", full_page=True)
@@ -74,8 +83,7 @@ def test_five_drawn_characters_and_a_new_drawing_is_recognised(page):
     assert "Support accuracy" in page.locator("body").inner_text()
 
     # Another query, of another class, so that a model answering one class whatever it sees cannot pass.
-    page.get_by_role("button", name="Clear the query").click()
-    _settle(page)
+    _rerun(page, page.get_by_role("button", name="Clear the query").click)
     _draw(page, canvases.nth(len(SHAPES)), SECOND_QUERY, empty_after=0)
     page.screenshot(path=ARTIFACTS / "draw-second-query.png", full_page=True)
     assert re.match(rf"Prediction after adaptation: {SECOND_QUERY_NAME} \(\d+%\)", prediction.inner_text())
@@ -84,48 +92,47 @@ def test_five_drawn_characters_and_a_new_drawing_is_recognised(page):
     # would be gone. They are redrawn and kept, the support set is as it was, and the prediction stands.
     for ways in (4, 5):
         page.get_by_label("Classes (N ways)").fill(str(ways))
-        page.keyboard.press("Enter")
-        _settle(page)
-    _redrawn(page, canvases, "draw-fifth-class-back.png")
+        _rerun(page, lambda: page.keyboard.press("Enter"))
+    _redrawn(page, canvases, len(SHAPES), "draw-fifth-class-back.png")  # as drawn, not blank
     assert page.get_by_label("Class 5", exact=True).input_value() == list(SHAPES)[4]
-    assert all(_inked(canvases.nth(c)) for c in range(len(SHAPES)))  # as drawn, not blank
     assert re.match(rf"Prediction after adaptation: {SECOND_QUERY_NAME} \(\d+%\)", prediction.inner_text())
 
     # Another page and back: the names, the drawings (on screen too) and the prediction are all still there.
-    page.get_by_role("link", name="Home").click()
+    _rerun(page, page.get_by_role("link", name="Home").click)
     page.get_by_role("heading", name="Few-shot learning with MAML").wait_for()
-    page.get_by_role("link", name="Draw").click()
+    _rerun(page, page.get_by_role("link", name="Draw").click)
     page.get_by_role("heading", name=re.compile("^Draw")).wait_for()
-    _settle(page)
-    _redrawn(page, canvases, "draw-after-another-page.png")
+    _redrawn(page, canvases, len(SHAPES) + 1, "draw-after-another-page.png")  # the query's canvas too
     assert [page.get_by_label(f"Class {c + 1}", exact=True).input_value() for c in range(len(SHAPES))] == list(SHAPES)
-    assert all(_inked(canvases.nth(c)) for c in range(len(SHAPES) + 1))
     assert "empty" not in page.locator("body").inner_text().split("\n")
     assert re.match(rf"Prediction after adaptation: {SECOND_QUERY_NAME} \(\d+%\)", prediction.inner_text())
 
 
 def _draw(page, canvas, strokes: list, empty_after: int) -> None:
-    """Draws strokes of canvas points with the mouse, as a person would, then waits for the page to show the
-    28x28 image the model sees in place of the slot's "empty", leaving `empty_after` empty slots."""
+    """Draws strokes of canvas points with the mouse, as a person would, then waits for the script run that the
+    drawing causes (the canvas sends it 200 ms after the last stroke) to end, and the page to show the 28x28 image
+    the model sees in place of the slot's "empty", leaving `empty_after` empty slots."""
     canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    time.sleep(0.5)  # the canvas' toolbar slides in on hover and swallows a stroke started meanwhile
+    page.wait_for_function(TOOLBAR_SHOWN, arg=canvas.element_handle())
     for stroke in strokes:
         page.mouse.move(box["x"] + stroke[0][0], box["y"] + stroke[0][1])
         page.mouse.down()
         for x, y in stroke[1:]:
             page.mouse.move(box["x"] + x, box["y"] + y, steps=3)
+        ended = _runs_ended(page)
         page.mouse.up()
+    _wait_for_a_run_since(page, ended)
     page.wait_for_function(f"() => document.body.innerText.split('\\n').filter(l => l === 'empty').length"
                            f" === {empty_after}")
-    _settle(page)
 
 
-def _redrawn(page, canvases, screenshot: str) -> None:
-    """Waits for the canvases to come back and fabric.js to redraw their kept strokes; takes a screenshot."""
-    canvases.nth(len(SHAPES)).wait_for()
-    time.sleep(1)
+def _redrawn(page, canvases, count: int, screenshot: str) -> None:
+    """Waits for the first `count` canvases to come back and fabric.js to redraw their kept strokes on them;
+    takes a screenshot."""
+    canvases.nth(count - 1).wait_for()
+    wait_for(lambda: all(_inked(canvases.nth(c)) for c in range(count)), "the canvases redrawn", timeout=60)
     page.screenshot(path=ARTIFACTS / screenshot, full_page=True)
 
 
@@ -135,7 +142,19 @@ def _inked(canvas) -> bool:
     return sum(image.histogram()[:128]) > 50
 
 
-def _settle(page) -> None:
-    """Waits for the script run that the last action caused to end: a canvas drawn on mid-run may be reset."""
-    time.sleep(0.3)  # the canvas sends its drawing 200 ms after the mouse is up
-    page.wait_for_selector(IDLE)
+def _rerun(page, action) -> None:
+    """Does `action`, which makes the app run the page's script again, and waits for that run to end: a canvas
+    drawn on mid-run may be reset."""
+    ended = _runs_ended(page)
+    action()
+    _wait_for_a_run_since(page, ended)
+
+
+def _runs_ended(page) -> int:
+    return page.evaluate("window.runsEnded")
+
+
+def _wait_for_a_run_since(page, ended: int) -> None:
+    """Waits until a script run has ended since `ended` had, and none is running."""
+    page.wait_for_function("([ended, idle]) => window.runsEnded > ended && document.querySelector(idle) !== null",
+                           arg=[ended, IDLE])

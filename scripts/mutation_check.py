@@ -1,0 +1,157 @@
+"""Breaks the code on purpose, one break at a time, and checks that the tests meant to catch each break fail.
+
+    python3 scripts/mutation_check.py            # every break
+    python3 scripts/mutation_check.py --only ci  # the breaks whose name holds "ci"
+
+Each break is one exact string replacement in one file, with the tests that must go red. The script copies
+the repository's tracked files to a temporary folder once, applies a break there, runs those tests, restores
+the file, and goes on; the working tree is never touched. It first checks that every break applies (its text
+is in the file exactly once) and that the tests pass on the unbroken copy. Prints a line per break and exits
+1 if a break was not caught.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from fewshot.config import default_data_root  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Break:
+    name: str  # what the break does, as a reviewer would say it
+    path: str  # the file, relative to the repository
+    old: str  # text found exactly once in the file
+    new: str  # what it becomes
+    tests: tuple  # pytest node ids (file or file::test) that must fail
+
+
+BREAKS = [
+    # Drawings (tests/test_drawing.py)
+    *[Break(f"characters drawn {side} px high, not 67", "fewshot/drawing.py", "CHARACTER_SIDE = 67.0",
+            f"CHARACTER_SIDE = {side}.0", ("tests/test_drawing.py",)) for side in (57, 60, 80)],
+    Break("thinning returns the strokes unthinned", "fewshot/drawing.py", "    return image[1:-1, 1:-1]",
+          "    return mask", ("tests/test_drawing.py",)),
+    Break("thinning removes pixels that join strokes", "fewshot/drawing.py", "(connectivity == 1)",
+          "(connectivity >= 1)", ("tests/test_drawing.py",)),
+    # Checkpoints (tests/test_checkpoints.py)
+    Break("a checkpoint ends with a pickle", "fewshot/checkpoints.py",
+          "files.replace_with(Path(path), lambda tmp: tmp.write_bytes(data))",
+          'files.replace_with(Path(path), lambda tmp: tmp.write_bytes(data + __import__("pickle").dumps(metadata)))',
+          ("tests/test_checkpoints.py",)),
+    Break("checkpoints saved with torch.save", "fewshot/checkpoints.py",
+          "files.replace_with(Path(path), lambda tmp: tmp.write_bytes(data))",
+          "files.replace_with(Path(path), lambda tmp: torch.save(tensors, tmp))", ("tests/test_checkpoints.py",)),
+    Break("metadata that describes no model is accepted", "fewshot/checkpoints.py",
+          'REQUIRED_KEYS = MODEL_KEYS + ("shots",', 'REQUIRED_KEYS = ("shots",', ("tests/test_checkpoints.py",)),
+    Break("unexpected tensors are accepted", "fewshot/checkpoints.py",
+          'problems += [f"unexpected {key}" for key in sorted(found - expected.keys())]', "problems += []",
+          ("tests/test_checkpoints.py",)),
+    # Data (tests/test_omniglot.py)
+    Break("the splits' seed changed", "fewshot/omniglot.py", "generator = torch.Generator().manual_seed(1)",
+          "generator = torch.Generator().manual_seed(2)", ("tests/test_omniglot.py",)),
+    Break("validation characters in another order", "fewshot/omniglot.py", '"val": sorted(held_out)',
+          '"val": sorted(held_out, reverse=True)', ("tests/test_omniglot.py",)),
+    Break("the cache is never read", "fewshot/omniglot.py", "grey = _read_cache(cache, characters)", "grey = None",
+          ("tests/test_omniglot.py",)),
+    Break("a failed download does not say why", "fewshot/omniglot.py",
+          'raise DatasetNotFound(f"Could not download Omniglot ({error}). {layout}") from error',
+          'raise DatasetNotFound(f"Could not download Omniglot. {layout}") from error', ("tests/test_omniglot.py",)),
+    Break("$FEWSHOT_DATA is ignored", "fewshot/config.py", '    if os.environ.get("FEWSHOT_DATA"):', "    if False:",
+          ("tests/test_omniglot.py",)),
+    Break("../shared/omniglot is searched before ./data/omniglot", "fewshot/config.py",
+          'candidates = [REPO_ROOT / "data" / "omniglot", REPO_ROOT.parent / "shared" / "omniglot"]',
+          'candidates = [REPO_ROOT.parent / "shared" / "omniglot", REPO_ROOT / "data" / "omniglot"]',
+          ("tests/test_omniglot.py",)),
+    # The app's pages (tests/test_app.py, tests/test_app_draw.py, tests/test_adaptation.py, tests/test_runs.py)
+    Break("Home's Another task does nothing", "pages/home.py",
+          'st.session_state.home_task = st.session_state.get("home_task", 0) + 1', "pass",
+          ("tests/test_app.py::test_home_another_task_shows_a_new_task_and_a_rerun_keeps_it",)),
+    Break("the Draw page adapts at half the inner learning rate", "pages/draw.py",
+          "adapt_and_classify(model, support_x, support_y, inner_lr, steps, query_x)",
+          "adapt_and_classify(model, support_x, support_y, inner_lr / 2, steps, query_x)",
+          ("tests/test_app_draw.py::test_draw_adapt_and_classify_end_to_end",)),
+    Break("the Draw page shows the probability before adaptation as the prediction's", "pages/draw.py",
+          "({after[winner]:.0%})", "({before[winner]:.0%})",
+          ("tests/test_app_draw.py::test_draw_adapt_and_classify_end_to_end",)),
+    Break("the forms forget their preset on another page", "app_ui.py",
+          'key=f"{prefix}_preset", persist_state="session",', 'key=f"{prefix}_preset",',
+          ("tests/test_app.py::test_the_forms_preset_and_fields_are_kept_while_another_page_is_shown",)),
+    Break("the Draw page's inner step is 0.999 alpha", "fewshot/adaptation.py",
+          "params = {name: (params[name] - inner_lr * grads[name])",
+          "params = {name: (params[name] - 0.999 * inner_lr * grads[name])",
+          ("tests/test_adaptation.py::test_adaptation_is_mamls_first_order_inner_loop_and_query_logits",)),
+    Break("the Draw page normalises the queries by their own statistics", "fewshot/adaptation.py",
+          "logits = functional_call(model, params, (inputs, supports))",
+          "logits = functional_call(model, params, (inputs,))",
+          ("tests/test_adaptation.py::test_adaptation_is_mamls_first_order_inner_loop_and_query_logits",)),
+    Break("Fill from Omniglot draws training characters", "pages/draw.py",
+          'split_characters(data, metadata["split"])["test"]', 'split_characters(data, metadata["split"])["train"]',
+          ("tests/test_app_draw.py::test_fill_from_omniglot_draws_characters_the_checkpoint_never_saw_then_adapts",)),
+    Break("a comparison's runs get different seeds", "fewshot/runs.py",
+          '"algorithm": algorithm}) for algorithm in ("maml", "fomaml")]',
+          '"algorithm": algorithm, "seed": config.seed + len(algorithm)}) for algorithm in ("maml", "fomaml")]',
+          ("tests/test_app.py::test_compare_page_runs_both_orders_on_one_config_side_by_side_and_stops_them",)),
+    Break("a run's log gets a progress line per iteration", "fewshot/runs.py", 'TQDM_MININTERVAL="10")',
+          'TQDM_MININTERVAL="0")',
+          ("tests/test_runs.py::test_a_run_trains_in_its_own_process_to_the_end_and_is_evaluated",)),
+]
+
+
+def copy_repository(target: Path) -> None:
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in tracked.decode().split("\0"):
+        if name and (REPO / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, target / name)
+
+
+def run_tests(copy: Path, tests: tuple) -> bool:
+    """Whether the tests pass in the copy (slow ones included: a break may be caught by one)."""
+    environment = dict(os.environ, FEWSHOT_DATA=default_data_root())
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                            cwd=copy, env=environment, capture_output=True, text=True)
+    return result.returncode == 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default="", help="run only the breaks whose name contains this")
+    args = parser.parse_args()
+    breaks = [b for b in BREAKS if args.only in b.name]
+    copy = Path(tempfile.mkdtemp(prefix="mutation-check-"))
+    copy_repository(copy)
+    for b in breaks:
+        count = (copy / b.path).read_text().count(b.old)
+        if count != 1:
+            sys.exit(f"break {b.name!r}: its text is in {b.path} {count} times, not once; update it")
+    tests = tuple(dict.fromkeys(test for b in breaks for test in b.tests))
+    if not run_tests(copy, tests):
+        sys.exit("the tests fail on the unbroken code: fix them first")
+    missed = []
+    for b in breaks:
+        original = (copy / b.path).read_text()
+        (copy / b.path).write_text(original.replace(b.old, b.new))
+        tick = time.perf_counter()
+        caught = not run_tests(copy, b.tests)
+        (copy / b.path).write_text(original)
+        print(f"{'caught' if caught else 'MISSED'}  {b.name}  ({', '.join(b.tests)}; "
+              f"{time.perf_counter() - tick:.0f} s)", flush=True)
+        if not caught:
+            missed.append(b.name)
+    shutil.rmtree(copy)
+    print(f"{len(breaks) - len(missed)} caught, {len(missed)} missed")
+    sys.exit(1 if missed else 0)
+
+
+if __name__ == "__main__":
+    main()
