@@ -8,11 +8,34 @@ from fewshot.config import Config
 DATA_ROOT = os.environ.get("FEWSHOT_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "omniglot"))
 
 
+def running_in_ci() -> bool:
+    """CI services set CI (true, 1, yes); .ci/run sets CI=true."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def omniglot_missing() -> str:
+    """Why the tests cannot read Omniglot, in a line naming where they looked; "" when they can."""
+    if (Path(DATA_ROOT) / "omniglot-py").is_dir():
+        return ""
+    return (f"Omniglot not found at {DATA_ROOT} (no omniglot-py/ there): the tests read it from $FEWSHOT_DATA, "
+            f"else ../shared/omniglot beside the repository")
+
+
+def pytest_collection_finish(session):
+    """In CI, tests that need Omniglot must run: without it the whole run fails at once, before any test."""
+    if running_in_ci() and omniglot_missing():
+        needing = [item for item in session.items if "data_root" in item.fixturenames]
+        if needing:
+            pytest.exit(f"CI: {omniglot_missing()}; {len(needing)} of the {len(session.items)} tests need it. "
+                        f"Outside CI they would be skipped.", returncode=pytest.ExitCode.TESTS_FAILED)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> str:
-    """The real Omniglot (../shared/omniglot beside the repo, or $FEWSHOT_DATA); tests skip without it."""
-    if not (Path(DATA_ROOT) / "omniglot-py").is_dir():
-        pytest.skip(f"Omniglot not found at {DATA_ROOT}")
+    """The real Omniglot (../shared/omniglot beside the repo, or $FEWSHOT_DATA); tests skip without it, except in
+    CI (see pytest_collection_finish)."""
+    if omniglot_missing():
+        pytest.skip(omniglot_missing())
     return DATA_ROOT
 
 
