@@ -7,10 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewshot import cli, files
+from fewshot import cli, files, metrics
 from fewshot.checkpoints import checkpoint_metadata, load_checkpoint, save_checkpoint
 from fewshot.config import Config
+from fewshot.evaluation import TEST_SEED, evaluate
 from fewshot.models import build_model
+from fewshot.omniglot import split_characters
+from fewshot.tasks import TaskSampler
 
 TINY_RUN = ("--algorithm", "fomaml", "--channels", 8, "--blocks", 2, "--meta-batch", 2, "--iterations", 2,
             "--val-every", 2, "--val-tasks", 2, "--test-tasks", 0, "--device", "cpu")
@@ -38,33 +41,71 @@ def test_help_lists_the_commands_and_options():
     assert "--inner-lr" in fewshot("train", "--help").stdout
 
 
-def test_train_then_evaluate(data_root, tmp_path):
+def evaluated_here(omniglot, checkpoint, shots: int, characters="test", seed=TEST_SEED, transductive=False) -> str:
+    """evaluate's printed result for 20 tasks of `checkpoint`, computed in this process from the given options."""
+    model, metadata = load_checkpoint(checkpoint)
+    sampler = TaskSampler(omniglot.ink, split_characters(omniglot, "lake")[characters], metadata["ways"], shots, 5)
+    return str(evaluate(model, sampler, metadata["inner_lr"], metadata["test_inner_steps"], 20, seed=seed,
+                        transductive=transductive))
+
+
+def assert_prints_the_result_of(output: str, omniglot, checkpoint, shots: int, **option) -> None:
+    """`output` holds the result computed here with `option` (characters, seed or transductive); and that
+    result's numbers differ from those without the option, so a CLI that ignored it would fail."""
+    with_option, without = (evaluated_here(omniglot, checkpoint, shots, **option),
+                            evaluated_here(omniglot, checkpoint, shots))
+    assert with_option in output
+    assert with_option.split(" (")[0] != without.split(" (")[0]  # "accuracy 31.20 % +- 4.10 %" of each
+
+
+def test_train_then_evaluate(data_root, omniglot, tmp_path):
+    """Every result printed is the one computed here with the same options: on the val characters, another
+    seed, transductive batch norm."""
     run = tmp_path / "run"
+    checkpoint = run / "checkpoint.safetensors"
     fewshot("train", "--run-dir", run, "--data-root", data_root, "--algorithm", "fomaml", "--channels", 8,
             "--blocks", 2, "--meta-batch", 2, "--iterations", 3, "--val-every", 3, "--test-tasks", 0)
-    output = fewshot("evaluate", run / "checkpoint.safetensors", "--data-root", data_root, "--tasks", 20,
+    output = fewshot("evaluate", checkpoint, "--data-root", data_root, "--tasks", 20,
                      "--shots", 2, "--record").stdout
     assert "5-way 2-shot on lake/test: accuracy" in output and "20 tasks" in output
-    recorded = load_checkpoint(run / "checkpoint.safetensors")[1]["accuracy"]["5w2s"]
+    assert evaluated_here(omniglot, checkpoint, 2) in output
+    recorded = load_checkpoint(checkpoint)[1]["accuracy"]["5w2s"]
     assert recorded["tasks"] == 20 and recorded["queries"] == 5 and f"{100 * recorded['accuracy']:.2f} %" in output
-    transductive = fewshot("evaluate", run / "checkpoint.safetensors", "--data-root", data_root, "--tasks", 20,
+    transductive = fewshot("evaluate", checkpoint, "--data-root", data_root, "--tasks", 20,
                            "--shots", 2, "--transductive").stdout
     assert "5-way 2-shot on lake/test: accuracy" in transductive and "transductive batch norm" in transductive
-    refused = fewshot("evaluate", run / "checkpoint.safetensors", "--transductive", "--record", check=False)
+    assert_prints_the_result_of(transductive, omniglot, checkpoint, 2, transductive=True)
+    refused = fewshot("evaluate", checkpoint, "--transductive", "--record", check=False)
     assert refused.returncode != 0 and "drop --transductive" in refused.stderr
-    held_out = fewshot("evaluate", run / "checkpoint.safetensors", "--data-root", data_root, "--tasks", 20,
+    held_out = fewshot("evaluate", checkpoint, "--data-root", data_root, "--tasks", 20,
                        "--characters", "val").stdout
     assert "5-way 1-shot on lake/val: accuracy" in held_out
-    refused = fewshot("evaluate", run / "checkpoint.safetensors", "--characters", "val", "--record", check=False)
+    assert_prints_the_result_of(held_out, omniglot, checkpoint, 1, characters="val")
+    refused = fewshot("evaluate", checkpoint, "--characters", "val", "--record", check=False)
     assert refused.returncode != 0 and "drop --characters val" in refused.stderr
-    other_tasks = fewshot("evaluate", run / "checkpoint.safetensors", "--data-root", data_root, "--tasks", 20,
+    other_tasks = fewshot("evaluate", checkpoint, "--data-root", data_root, "--tasks", 20,
                           "--shots", 2, "--seed", 123).stdout
     assert "5-way 2-shot on lake/test, seed 123: accuracy" in other_tasks
-    refused = fewshot("evaluate", run / "checkpoint.safetensors", "--seed", 123, "--record", check=False)
+    assert_prints_the_result_of(other_tasks, omniglot, checkpoint, 2, seed=123)
+    refused = fewshot("evaluate", checkpoint, "--seed", 123, "--record", check=False)
     assert refused.returncode != 0 and "drop --seed" in refused.stderr
-    assert load_checkpoint(run / "checkpoint.safetensors")[1]["accuracy"] == {"5w2s": recorded}
+    assert load_checkpoint(checkpoint)[1]["accuracy"] == {"5w2s": recorded}
     refused = fewshot("train", "--run-dir", run, "--data-root", data_root, check=False)
     assert refused.returncode != 0 and "--resume" in refused.stderr
+
+
+def test_train_resume_continues_a_run_with_its_saved_options_and_a_new_learning_rate(data_root, tmp_path):
+    """The model card's recipe: `train --run-dir X --resume --iterations M`, here with a lower --outer-lr. The
+    run keeps its records and options, and trains the iterations after the ones it has, each once."""
+    run = tmp_path / "run"
+    fewshot("train", "--run-dir", run, "--data-root", data_root, *TINY_RUN)  # 2 iterations
+    first_two = metrics.read(run / "metrics.jsonl")[0]
+    fewshot("train", "--run-dir", run, "--resume", "--iterations", 4, "--outer-lr", 0.0002)
+    records = metrics.read(run / "metrics.jsonl")[0]
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4] and records[:2] == first_two  # not trained again
+    config = Config.load(run / "config.json")
+    assert (config.iterations, config.outer_lr, config.channels, config.meta_batch) == (4, 0.0002, 8, 2)
+    assert load_checkpoint(run / "checkpoint.safetensors")[1]["iterations"] == 4
 
 
 def test_bad_input_is_an_error_message_not_a_traceback(tmp_path):

@@ -1,6 +1,9 @@
+import copy
 import math
 
+import pytest
 import torch
+from torch.nn import functional as F
 
 from fewshot.evaluation import confidence_interval, evaluate
 from fewshot.models import build_model
@@ -32,3 +35,37 @@ def test_evaluate_counts_tasks_and_is_repeatable():
     second = evaluate(model, sampler, inner_lr=0.4, steps=1, tasks=30)
     assert first.tasks == 30 and first.inner_steps == 1
     assert first.accuracy == second.accuracy and 0 < first.ci95 < 0.5
+
+
+def adapted_by_hand(model, batch, inner_lr: float, steps: int, transductive: bool) -> tuple[float, float]:
+    """Mean query loss and accuracy over the batch's tasks, each adapted by `steps` plain SGD steps on its
+    support set: a copy of the model per task, autograd and torch.optim, none of maml.py's torch.func."""
+    losses, accuracies = [], []
+    for i in range(len(batch)):
+        task, adapted = batch.task(i), copy.deepcopy(model)
+        support_x, support_y, query_x, query_y = task.support_x[0], task.support_y[0], task.query_x[0], task.query_y[0]
+        sgd = torch.optim.SGD(adapted.parameters(), lr=inner_lr)
+        for _ in range(steps):
+            sgd.zero_grad()
+            F.cross_entropy(adapted(support_x), support_y).backward()
+            sgd.step()
+        with torch.no_grad():  # queries normalised by the support set's statistics, or by their own
+            logits = adapted(query_x) if transductive else adapted(torch.cat([support_x, query_x]),
+                                                                   len(support_x))[len(support_x):]
+        losses.append(F.cross_entropy(logits, query_y).item())
+        accuracies.append((logits.argmax(1) == query_y).float().mean().item())
+    return sum(losses) / len(losses), sum(accuracies) / len(accuracies)
+
+
+@pytest.mark.parametrize("transductive", [False, True])
+def test_evaluate_adapts_each_task_to_its_support_set(transductive):
+    """Its loss and accuracy are those of the model adapted on each task's support set, not the unadapted one's."""
+    torch.manual_seed(0)
+    model = build_model("conv", 5, channels=8, blocks=2)
+    sampler = TaskSampler(torch.rand(20, 20, 28, 28), list(range(20)), 5, 1, 3)
+    result = evaluate(model, sampler, inner_lr=0.4, steps=2, tasks=12, seed=7, transductive=transductive)
+    batch = sampler.sample(12, seed=7)  # the tasks evaluate draws with this seed
+    loss, accuracy = adapted_by_hand(model, batch, 0.4, 2, transductive)
+    unadapted_loss, _ = adapted_by_hand(model, batch, 0.4, 0, transductive)
+    assert result.loss == pytest.approx(loss, rel=1e-4) and result.accuracy == pytest.approx(accuracy, abs=1e-6)
+    assert result.loss != pytest.approx(unadapted_loss, rel=1e-2)  # so the comparison above can tell

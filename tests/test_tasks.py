@@ -46,6 +46,31 @@ def test_rotation_is_chosen_per_class():
     assert sum(len(r) > 1 for r in rotations) > 150  # one rotation per task would never mix them
 
 
+def test_each_query_shows_the_character_and_rotation_of_its_label_in_the_support_set():
+    """Label k's queries are drawings of label k's support character, turned as its support drawings are."""
+    def classes(batch, kind_of) -> list:  # per task and label: the kinds of its support and of its query drawings
+        return [({kind_of(x) for x, y in zip(support_x, support_y) if y == label},
+                 {kind_of(x) for x, y in zip(query_x, query_y) if y == label})
+                for support_x, support_y, query_x, query_y in zip(batch.support_x, batch.support_y, batch.query_x,
+                                                                  batch.query_y)
+                for label in range(5)]
+
+    def character(image) -> int:  # distinct_images draws character c in row c
+        return int(image.nonzero()[0][1])
+
+    base = torch.zeros(28, 28)
+    base[1, 2] = 1.0  # one asymmetric image for every character: only the rotation tells classes apart
+
+    def rotation(image) -> int:
+        return next(k for k in range(4) if torch.equal(image[0], torch.rot90(base, k)))
+
+    by_character = TaskSampler(distinct_images(), list(range(12)), 5, 2, 3, rotations=False).sample(20, seed=0)
+    by_rotation = TaskSampler(base.expand(12, 20, 28, 28), list(range(12)), 5, 2, 3).sample(20, seed=0)
+    for batch, kind_of in ((by_character, character), (by_rotation, rotation)):
+        for support, query in classes(batch, kind_of):
+            assert len(support) == 1 and query == support, (support, query)
+
+
 def test_classes_stay_within_the_given_characters():
     ink = distinct_images(12)
     batch = TaskSampler(ink, [2, 5, 7], ways=3, shots=1, queries=1, rotations=False).sample(20, seed=0)

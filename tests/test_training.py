@@ -10,31 +10,51 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewshot import metrics
+from fewshot import metrics, training
 from fewshot.checkpoints import load_checkpoint
 from fewshot.config import Config
-from fewshot.training import RunInUse, initial_model, train, training_device, warm_start
+from fewshot.evaluation import TEST_SEED, evaluate
+from fewshot.omniglot import split_characters
+from fewshot.tasks import TaskSampler
+from fewshot.training import RunInUse, initial_model, task_seed, train, training_device, warm_start
+
+TIMING = ("seconds", "tasks_per_second", "peak_memory_mb")  # differ from run to run
 
 
 def losses(records):
     return [r["train_loss"] for r in records]
 
 
+def measured(records):
+    """Every metric of every record but the timing: what a resumed run must reproduce exactly."""
+    return [{key: value for key, value in record.items() if key not in TIMING} for record in records]
+
+
 def records_in(run_dir):
     return metrics.read(run_dir / "metrics.jsonl")[0]
 
 
-def test_a_run_writes_its_directory(tiny_config, tmp_path):
+def weights_in(run_dir) -> dict:
+    return load_checkpoint(run_dir / "checkpoint.safetensors")[0].state_dict()
+
+
+def assert_same_weights(first: dict, second: dict) -> None:
+    assert first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_a_run_writes_its_directory(tiny_config, omniglot, tmp_path):
     records = train(tiny_config, tmp_path, progress=False)
     assert [r["iteration"] for r in records_in(tmp_path)] == list(range(1, 7))
     assert records_in(tmp_path) == json.loads(json.dumps(records))
     assert [r["iteration"] for r in records if "val_accuracy" in r] == [3, 6]
     assert all(r["seconds"] > 0 and r["tasks_per_second"] > 0 for r in records)
     assert Config.load(tmp_path / "config.json") == tiny_config
-    _, metadata = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    model, metadata = load_checkpoint(tmp_path / "checkpoint.safetensors")
     assert metadata["iterations"] == 6 and metadata["algorithm"] == "fomaml"
     evaluation = json.loads((tmp_path / "evaluation.json").read_text())
-    assert evaluation["tasks"] == 10 and 0 <= evaluation["accuracy"] <= 1
+    test_tasks = TaskSampler(omniglot.ink, split_characters(omniglot, "lake")["test"], 5, 1, 5)
+    expected = evaluate(model, test_tasks, tiny_config.inner_lr, tiny_config.test_inner_steps, tasks=10)
+    assert evaluation == {"split": "lake/test", **expected.to_dict()}  # measured on the test characters' tasks
     assert metadata["accuracy"]["5w1s"]["accuracy"] == evaluation["accuracy"]
 
 
@@ -46,15 +66,20 @@ def test_same_seed_same_curve(tiny_config, tmp_path):
     assert losses(first) != losses(other)
 
 
-def test_stop_then_resume_gives_the_uninterrupted_curve(tiny_config, tmp_path):
-    uninterrupted = train(tiny_config, tmp_path / "full", progress=False)
-    stopped = train(tiny_config, tmp_path / "run", progress=False, on_record=None,
-                    should_stop=lambda: len(records_in(tmp_path / "run")) >= 4)
-    assert len(stopped) == 4
-    assert load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")[1]["iterations"] == 4
-    assert not (tmp_path / "run" / "evaluation.json").exists()  # not finished, not tested
-    train(tiny_config, tmp_path / "run", resume=True, progress=False)
-    assert losses(records_in(tmp_path / "run")) == losses(uninterrupted)
+def test_stop_then_resume_gives_the_uninterrupted_run(tiny_config, tmp_path):
+    """Stopped after iteration 4, between the checkpoints of 3 and 6, so the stop saves it itself. Resumed, the
+    run records what an uninterrupted one does, validation included, and ends with the same weights."""
+    full, run = tmp_path / "full", tmp_path / "run"
+    train(tiny_config, full, progress=False)
+    stopped = train(tiny_config, run, progress=False, should_stop=lambda: len(records_in(run)) >= 4)
+    assert len(stopped) == 4 and 4 % tiny_config.checkpoint_every != 0
+    assert load_checkpoint(run / "checkpoint.safetensors")[1]["iterations"] == 4
+    assert not (run / "evaluation.json").exists()  # not finished, not tested
+    train(tiny_config, run, resume=True, progress=False)
+    assert measured(records_in(run)) == measured(records_in(full))
+    assert "val_accuracy" in records_in(run)[-1]  # validation after the resume is compared too
+    assert_same_weights(weights_in(run), weights_in(full))
+    assert (run / "evaluation.json").read_text() == (full / "evaluation.json").read_text()
 
 
 def test_resume_with_another_outer_learning_rate_uses_it(tiny_config, tmp_path):
@@ -113,13 +138,21 @@ def test_ctrl_c_stops_cleanly_and_saves(tiny_config, tmp_path):
 
 
 @pytest.mark.slow
-def test_fomaml_learns_on_real_omniglot(data_root, tmp_path):
-    """A few hundred FOMAML iterations, 5-way 1-shot: validation accuracy far above chance (20 %)."""
-    config = Config(data_root=data_root, algorithm="fomaml", channels=32, meta_batch=16, outer_lr=0.003,
-                    iterations=150, val_every=50, val_tasks=100, test_tasks=0)
+@pytest.mark.parametrize("algorithm, bound", [("fomaml", 0.60), ("maml", 0.65)])
+def test_meta_training_learns_on_real_omniglot(data_root, tmp_path, algorithm, bound):
+    """150 iterations, 5-way 1-shot, first or second order: validation accuracy far above a net that does not
+    meta-learn.
+
+    Measured on a 2-core CPU, validation on 100 tasks (500 queries: a standard error of 2 points at most): the
+    untrained net scores 30-39 % (seeds 0-2); FOMAML reaches 68 % (seeds 1 and 2: 66 %, 69 %), MAML 72 % (seeds
+    1 and 2: 72 %, 77 %). Meta-trained with no inner step (inner_lr 0 in training only: a pretrained net, not a
+    meta-learned one), both end at 35 % (FOMAML peaks at 45 % on the way). Each bound is at least 5 points (2.5
+    standard errors) under every run measured, and 25 above that break.
+    """
+    config = Config(data_root=data_root, algorithm=algorithm, channels=32, meta_batch=16, outer_lr=0.003,
+                    iterations=150, val_every=150, val_tasks=100, test_tasks=0)
     records = train(config, tmp_path, progress=False)
-    validation = [r["val_accuracy"] for r in records if "val_accuracy" in r]
-    assert validation[-1] > 0.5, validation
+    assert records[-1]["val_accuracy"] > bound, records[-1]
 
 
 def test_init_from_keeps_a_trained_body_and_gives_new_ways_a_fresh_classifier(tiny_config, tmp_path):
@@ -183,21 +216,28 @@ def test_a_death_between_the_training_state_and_the_checkpoint_leaves_a_resumabl
     assert load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")[1]["iterations"] == 6
 
 
-def test_a_run_that_died_before_its_first_save_resumes_from_the_start(tiny_config, tmp_path):
-    """Its records, and a half-written last line, are dropped: no iteration appears twice."""
-    uninterrupted = losses(train(tiny_config, tmp_path / "full", progress=False))
+@pytest.mark.parametrize("death, saved", [(2, 0), (5, 3)])  # before the first save; two records after it
+def test_a_run_that_died_resumes_from_its_last_save_and_records_each_iteration_once(tiny_config, tmp_path,
+                                                                                    death, saved):
+    """The records after its last save, and a half-written last line, are dropped: no iteration appears twice,
+    and the resumed run records what an uninterrupted one does."""
+    full, run = tmp_path / "full", tmp_path / "run"
+    train(tiny_config, full, progress=False)
 
-    def die_at_iteration_2(record):
-        if record["iteration"] == 2:
+    def die(record):
+        if record["iteration"] == death:
             raise Died
 
     with pytest.raises(Died):
-        train(tiny_config, tmp_path / "run", progress=False, on_record=die_at_iteration_2)
-    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
-        f.write('{"iteration": 3, "train_lo')  # killed while writing a record
-    train(tiny_config, tmp_path / "run", resume=True, progress=False)
-    assert [r["iteration"] for r in records_in(tmp_path / "run")] == list(range(1, 7))
-    assert losses(records_in(tmp_path / "run")) == uninterrupted
+        train(tiny_config, run, progress=False, on_record=die)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(f'{{"iteration": {death + 1}, "train_lo')  # killed while writing a record
+    assert [r["iteration"] for r in records_in(run)] == list(range(1, death + 1))
+    assert (run / "checkpoint.safetensors").exists() == (saved > 0)
+    assert not saved or load_checkpoint(run / "checkpoint.safetensors")[1]["iterations"] == saved
+    train(tiny_config, run, resume=True, progress=False)
+    assert [r["iteration"] for r in records_in(run)] == list(range(1, 7))
+    assert measured(records_in(run)) == measured(records_in(full))
 
 
 def test_ctrl_c_during_the_final_save_still_saves_and_the_run_resumes(tiny_config, tmp_path, monkeypatch):
@@ -217,6 +257,29 @@ def test_ctrl_c_during_the_final_save_still_saves_and_the_run_resumes(tiny_confi
     train(tiny_config, tmp_path, resume=True, progress=False)
     assert json.loads((tmp_path / "evaluation.json").read_text())["tasks"] == tiny_config.test_tasks
     assert [r["iteration"] for r in records_in(tmp_path)] == list(range(1, 7))
+
+
+def test_each_part_of_a_run_draws_its_tasks_from_its_own_characters(tiny_config, omniglot, tmp_path,
+                                                                   monkeypatch):
+    """Meta-training draws from the train characters, augmented; validation from the validation characters and
+    the final evaluation from the test characters, neither augmented. Each sampler records every draw."""
+    split = split_characters(omniglot, "lake")
+    name_of = {tuple(characters): name for name, characters in split.items()}
+    draws = []  # (the characters' set, augment, seed) of every sample() call
+
+    class RecordingSampler(TaskSampler):
+        def sample(self, tasks, seed):
+            draws.append((name_of.get(tuple(self.characters.tolist()), "other characters"), self.augment, seed))
+            return super().sample(tasks, seed)
+
+    monkeypatch.setattr(training, "TaskSampler", RecordingSampler)
+    config = dataclasses.replace(tiny_config, iterations=2, augment="affine")
+    train(config, tmp_path, progress=False)
+    assert sorted(draws, key=lambda draw: draw[2]) == [  # by seed: validation's, iteration 1's and 2's, test's
+        ("val", "none", task_seed(config.seed, 0)),
+        ("train", "affine", task_seed(config.seed, 1)),
+        ("train", "affine", task_seed(config.seed, 2)),
+        ("test", "none", TEST_SEED)]
 
 
 def start_training(run_dir, data_root, *options):
