@@ -8,6 +8,7 @@ import torch
 from . import maml
 from .tasks import TaskSampler
 
+TASKS_AT_ONCE = 100  # tasks adapted together: time against memory (limits.py estimates it)
 TEST_SEED = 2_000_000_000  # test tasks are the same for every model, whatever its training seed
 
 
@@ -45,7 +46,7 @@ def confidence_interval(values: torch.Tensor) -> tuple[float, float]:
 
 
 def adapted_task_metrics(model, sampler: TaskSampler, tasks: int, seed: int, inner_lr: float, steps: int,
-                         chunk: int = 100, on_progress=None, transductive: bool = False):
+                         chunk: int = TASKS_AT_ONCE, on_progress=None, transductive: bool = False):
     """Query loss and accuracy of each of `tasks` tasks after `steps` inner steps: two tensors of [tasks]."""
     losses, accuracies = [], []
     parameter = next(model.parameters())

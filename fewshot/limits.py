@@ -9,6 +9,7 @@ FEWSHOT_MAX_CHANNELS=512, FEWSHOT_MAX_MEMORY_GB=16, FEWSHOT_MAX_RUNS=4, ...
 import os
 
 from .config import DRAWINGS_PER_CHARACTER, Config
+from .evaluation import TASKS_AT_ONCE
 from .models import FCNet
 
 MAXIMA = {  # the largest value of each Config field that the app accepts; FEWSHOT_MAX_<FIELD> overrides it
@@ -36,7 +37,6 @@ BASE_BYTES = 0.27e9  # a meta-update's fixed cost: torch.func and vmap, and the 
 BYTES_PER_ACTIVATION = 44  # each number a layer outputs is kept about 11 times (float32: forward and backward)
 BYTES_PER_WEIGHT = 8  # each task's adapted copy of the weights, and its gradient, at every inner step
 EVALUATION_SHARE = 0.6  # a validation or test task keeps no meta-gradient: 0.5 to 0.6 of a meta-update's task
-TEST_TASKS_AT_ONCE = 100  # evaluation.adapted_task_metrics adapts test tasks 100 at a time
 
 
 def maximum(name: str) -> int | None:
@@ -60,7 +60,7 @@ def memory_gb(config: Config) -> float:
     """The estimated peak memory, in GB, of what a run computes, beyond its libraries and data: a meta-update of
     meta_batch tasks, or a validation of val_tasks tasks, or a test of 100 tasks at a time, whichever is most."""
     meta_update = config.meta_batch * task_bytes(config, config.inner_steps)
-    evaluation_tasks = max(config.val_tasks, min(config.test_tasks, TEST_TASKS_AT_ONCE))
+    evaluation_tasks = max(config.val_tasks, min(config.test_tasks, TASKS_AT_ONCE))
     evaluation = evaluation_tasks * EVALUATION_SHARE * task_bytes(config, 1)
     return (BASE_BYTES + max(meta_update, evaluation)) / 1e9
 
