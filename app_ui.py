@@ -16,7 +16,8 @@ FORM_GROUPS = {
     "Inner loop": ("inner_steps", "inner_lr", "seed"),
     "Outer loop": ("outer_lr", "meta_batch", "iterations"),
 }
-ADVANCED = ("val_every", "val_tasks", "checkpoint_every", "test_tasks", "test_inner_steps", "engine", "device")
+ADVANCED = ("val_every", "val_tasks", "checkpoint_every", "test_tasks", "test_inner_steps", "probe_every", "engine",
+            "device")
 FORM_FIELDS = [name for names in FORM_GROUPS.values() for name in names] + list(ADVANCED)
 FLOAT_STEPS = {"inner_lr": 0.05, "outer_lr": 0.0005}
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}

@@ -72,6 +72,9 @@ class Config:
     # Monitoring
     val_every: int = _option(25, "iterations between validations", at_least=1)
     val_tasks: int = _option(64, "held-out tasks per validation", at_least=1)
+    probe_every: int = _option(25, "iterations between measurements of how far first-order MAML's meta-gradient "
+                                   "is from MAML's, on the meta-batch being trained (Compare page); maml runs of "
+                                   "engine fewshot only, not counted in the run's seconds (0: never)", at_least=0)
     checkpoint_every: int = _option(100, "iterations between checkpoints", at_least=1)
     test_tasks: int = _option(600, "test tasks for the final evaluation (0 skips it)", at_least=0)
     test_inner_steps: int = _option(3, "inner steps at test time", at_least=0, at_most=100)

@@ -13,6 +13,8 @@ from pathlib import Path
 from . import files
 
 REQUIRED_NUMBERS = ("seconds", "train_loss", "train_accuracy")
+PROBE_NUMBERS = ("cosine", "norm_ratio", "dropped_norm", "g2_norm")  # a "probe" holds them (probe.py), overall
+# and under "layers" for each layer
 
 
 def parse(lines: list) -> tuple[list, int]:
@@ -38,7 +40,18 @@ def _is_record(record) -> bool:
         return False
     measured = [record.get(key) for key in REQUIRED_NUMBERS]
     measured += [value for key, value in record.items() if key.startswith("val_")]
+    if "probe" in record:
+        if not _is_probe(record["probe"]):
+            return False
+        groups = [record["probe"], *record["probe"]["layers"].values()]
+        measured += [group.get(key) for group in groups for key in PROBE_NUMBERS]
     return all(type(value) in (int, float) for value in measured)
+
+
+def _is_probe(probe) -> bool:
+    """Whether a record's "probe" has the shape training writes: a dict, and a dict of dicts under "layers"."""
+    return (isinstance(probe, dict) and isinstance(probe.get("layers"), dict)
+            and all(isinstance(layer, dict) for layer in probe["layers"].values()))
 
 
 def read(path: Path) -> tuple[list, int]:

@@ -43,6 +43,35 @@ def training_curves(runs: dict, x: str = "iterations", chance: float | None = No
     return figure
 
 
+def probe_curves(records: list, title: str = "", height: int = 340) -> go.Figure:
+    """A MAML run's first- against second-order measurements (probe.py) against iterations, for all weights
+    (black) and for each layer: cosine(g1, g2), |g1| / |g2|, and the dropped term |g2 - g1| beside |g2|."""
+    probed = _thin([r for r in records if "probe" in r], MAX_POINTS)
+    figure = make_subplots(rows=1, cols=3, subplot_titles=("cosine(g1, g2)", "|g1| / |g2|",
+                                                            "dropped |g2 - g1| (dashed: |g2|)"))
+    iterations = [r["iteration"] for r in probed]
+    mode = "lines" if len(probed) > 20 else "lines+markers"
+    layers = probed[-1]["probe"]["layers"] if probed else {}
+    groups = {"all weights": [r["probe"] for r in probed]}  # a hand-edited record may lack a layer: a gap
+    groups.update({layer: [r["probe"]["layers"].get(layer, {}) for r in probed] for layer in layers})
+    for index, (name, values) in enumerate(groups.items()):
+        color, width = ("black", 2.5) if index == 0 else (COLORS[(index - 1) % len(COLORS)], 1)
+        line = dict(color=color, width=width)
+        for column, key in ((1, "cosine"), (2, "norm_ratio"), (3, "dropped_norm")):
+            figure.add_scatter(x=iterations, y=[value.get(key) for value in values], mode=mode, line=line, name=name,
+                               legendgroup=name, showlegend=column == 1, row=1, col=column)
+        figure.add_scatter(x=iterations, y=[value.get("g2_norm") for value in values], mode="lines",
+                           line=dict(line, dash="dash"), opacity=0.5, name=f"{name} |g2|", legendgroup=name,
+                           showlegend=False, row=1, col=3)
+    for column in (1, 2):  # where first order would equal second order
+        figure.add_hline(y=1, line=dict(color="grey", dash="dot", width=1), row=1, col=column)
+    figure.update_yaxes(rangemode="tozero", row=1, col=3)
+    figure.update_xaxes(title_text="meta-iterations")
+    figure.update_layout(title=dict(text=title, x=0, y=0.98), height=height, margin=dict(l=10, r=10, t=70, b=10),
+                         legend=dict(orientation="h", yanchor="top", y=-0.22))
+    return figure
+
+
 def task_picture(batch: TaskBatch, task: int = 0, scale: int = 3, gap: int = 4) -> np.ndarray:
     """One task as a uint8 grey image, black ink on white: a row per class, its support drawings on the left,
     then a wider gap, then its query drawings."""

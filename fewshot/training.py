@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import files, maml, metrics
+from . import files, maml, metrics, probe
 from .checkpoints import (CheckpointError, checkpoint_metadata, load_checkpoint, load_training_state,
                           record_accuracy, save_checkpoint, save_training_state)
 from .config import Config, changes_refused_on_resume
@@ -143,11 +143,15 @@ def _train(config: Config, run_dir: Path, resume: bool, stop, should_stop, on_re
             optimizer.zero_grad()
             loss, accuracy = meta_backward(model, batch, config.inner_lr, config.inner_steps, config.first_order)
             record = {"iteration": iteration, "train_loss": loss, "train_accuracy": accuracy}
+            probe_seconds = 0.0
+            if probes(config, iteration):  # first against second order, on this batch, before the update
+                record["probe"] = measure_probe(model, batch, config)
+                probe_seconds = record["probe"]["seconds"]
             with saver.lock:  # the update and its record: a stop never comes between them
                 optimizer.step()
                 if iteration % config.val_every == 0 or iteration == config.iterations:
                     record.update(validate(model, val_batch, config))
-                elapsed = time.perf_counter() - tick
+                elapsed = time.perf_counter() - tick - probe_seconds  # the run's own pace, probe left out
                 seconds += elapsed
                 record.update(seconds=round(seconds, 4), tasks_per_second=round(config.meta_batch / elapsed, 2),
                               peak_memory_mb=peak_memory_mb())
@@ -167,6 +171,20 @@ def _train(config: Config, run_dir: Path, resume: bool, stop, should_stop, on_re
     if iteration == config.iterations and config.test_tasks and not stop.is_set():
         finish(run_dir, model, config, samplers["test"], progress, saver.lock)
     return records
+
+
+def probes(config: Config, iteration: int) -> bool:
+    """Whether this iteration measures first- against second-order MAML (probe.py). Only MAML runs of this
+    library's engine do: a FOMAML run would pay for a second-order pass, which distorts its pace."""
+    return (config.algorithm == "maml" and config.engine == "fewshot" and config.probe_every > 0
+            and iteration % config.probe_every == 0)
+
+
+def measure_probe(model, batch, config: Config) -> dict:
+    """probe.first_versus_second_order, after MAML's meta_backward on `batch`, with the seconds it took."""
+    tick = time.perf_counter()
+    measured = probe.first_versus_second_order(model, batch, config.inner_lr, config.inner_steps)
+    return {**measured, "seconds": round(time.perf_counter() - tick, 4)}
 
 
 def validate(model, val_batch, config: Config) -> dict:

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from fewshot import runs
+from fewshot import plots, runs
 import app_ui as ui
 
 
@@ -25,6 +25,24 @@ def table_row(summary: dict) -> dict:
             "iterations": summary["iterations"], "s / iteration": None if seconds is None else round(seconds, 3),
             "peak memory (MB)": summary["peak_memory_mb"], "final val accuracy (%)": percent(summary["val_accuracy"]),
             "test accuracy (%, 95 % interval)": test}
+
+
+def probe_view(series: dict, key: str) -> None:
+    """The first- against second-order measurements of each run that has some, or how to get them."""
+    probed = {label: records for label, records in series.items() if any("probe" in r for r in records)}
+    st.markdown("**First against second order**, measured on the tasks MAML trains on")
+    if not probed:
+        st.caption("No measurements in these runs: a MAML run records them every probe_every iterations "
+                   "(under Monitoring and engine in the form; --probe-every on the command line).")
+        return
+    st.markdown(r"""
+$g_2$ is MAML's meta-gradient, the one its update uses; $g_1$ is first-order MAML's on the same tasks, the Hessian
+term dropped. **A cosine near 1 means that first order points where MAML points**, so dropping the Hessian
+costs little; when the cosine falls, or the dropped term $|g_2 - g_1|$ nears $|g_2|$ (dashed), the second-order
+term steers MAML's update and first order would step elsewhere.
+""")
+    for label, records in probed.items():
+        st.plotly_chart(plots.probe_curves(records, title=label), key=f"{key}_{label}", width="stretch")
 
 
 def start_comparison(config) -> str:
@@ -92,6 +110,7 @@ def live_view():
         ui.curves_chart(series, "iterations", ways, key="compare_chart_iterations")
         st.markdown("**Against seconds of training**: what each second is worth")
         ui.curves_chart(series, "seconds", ways, key="compare_chart_seconds")
+        probe_view(series, key="compare_probe")
         st.dataframe([table_row(runs.summary(run)) for run in selected], hide_index=True, width="stretch")
     except FileNotFoundError:  # a run's folder was deleted meanwhile: the page, redrawn, says so
         st.rerun()
