@@ -10,7 +10,8 @@ st.set_page_config(page_title="fewshot: MAML on Omniglot", page_icon=":material/
 pages = [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
          st.Page("pages/train.py", title="Train", icon=":material/monitoring:"),
          st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
-         st.Page("pages/draw.py", title="Draw", icon=":material/draw:")]
+         st.Page("pages/draw.py", title="Draw", icon=":material/draw:"),
+         st.Page("pages/challenge.py", title="Challenge", icon=":material/sports_esports:")]
 page = st.navigation(pages)
 st.session_state.page_before, st.session_state.page_now = st.session_state.get("page_now"), page.title
 page.run()

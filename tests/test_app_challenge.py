@@ -1,0 +1,167 @@
+"""The Challenge page with Streamlit's AppTest: a task played through the page's buttons, its score, the rows the
+class scoreboard stores, the settings, and a page without Omniglot or without a usable scoreboard."""
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from fewshot import challenge, scoreboard
+from fewshot.checkpoints import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app.py")
+LETTERS = "ABCDEFGHIJKLMNOPQRST"
+
+
+@pytest.fixture(autouse=True)
+def folders(tmp_path, monkeypatch, data_root):
+    """The two shipped models in a temporary checkpoints folder, the scoreboard in a temporary file."""
+    monkeypatch.setenv("FEWSHOT_DATA", data_root)
+    monkeypatch.setenv("FEWSHOT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FEWSHOT_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("FEWSHOT_DB", str(tmp_path / "board.sqlite3"))
+    (tmp_path / "checkpoints").mkdir()
+    for name in challenge.MODEL_FILES.values():
+        shutil.copyfile(REPO / "checkpoints" / name, tmp_path / "checkpoints" / name)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def unseen(omniglot):
+    return challenge.unseen_characters(omniglot)
+
+
+def open_challenge_page() -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=120).run()
+    app.switch_page("pages/challenge.py").run()
+    assert not app.exception, app.exception
+    return app
+
+
+def texts(app: AppTest, kind: str) -> str:
+    return "\n".join(element.value for element in app.get(kind))
+
+
+def expected(unseen, level, seed: int, number: int):
+    """The task and the model's answers, computed apart from the page."""
+    task = challenge.draw_task(unseen, level, seed, number)
+    model, metadata = load_checkpoint(challenge.model_path(REPO / "checkpoints", level.ways))
+    return task, challenge.model_answers(model, metadata, task)[0]
+
+
+def play(app: AppTest, answers: list) -> None:
+    """Clicks the class of each answer, one query after the other, as a student does."""
+    for q, answer in enumerate(answers):
+        assert f"**Query {q + 1} of {challenge.QUERIES}**" in texts(app, "markdown")
+        app.button(key=f"challenge_class_{answer}").click().run()
+        assert not app.exception, app.exception
+
+
+def test_a_played_task_is_scored_against_the_model_and_stored(unseen, folders):
+    level = challenge.Level(5, False)
+    task, model = expected(unseen, level, seed=1, number=1)
+    right = sum(m == t for m, t in zip(model, task.truth))
+    student = [t if q % 2 == 0 else (t + 1) % 5 for q, t in enumerate(task.truth)]  # queries 1, 3, 5 right
+    app = open_challenge_page()
+    assert "#### Seed 1 · task 1 · 5-way" in texts(app, "markdown")
+    app.text_input(key="challenge_nickname").set_value("  Ada <3 ").run()
+    play(app, student)
+
+    text = texts(app, "markdown")
+    for q in range(challenge.QUERIES):
+        assert (f"You **{LETTERS[student[q]]}** {':green[✓]' if q % 2 == 0 else ':red[✗]'}  \n"
+                f"Model **{LETTERS[model[q]]}** {':green[✓]' if model[q] == task.truth[q] else ':red[✗]'}  \n"
+                f"Truth **{LETTERS[task.truth[q]]}**") in text
+    assert f"So far at 5-way: you 3 of 5 (60%), the model {right} of 5 ({right / 5:.0%})" in text
+    stored = sqlite3.connect(folders / "board.sqlite3").execute(
+        "SELECT ways, one_alphabet, seed, task, query, student, model, truth, nickname FROM answers ORDER BY query")
+    assert stored.fetchall() == [(5, 0, 1, 1, q + 1, student[q], model[q], task.truth[q], "Ada 3") for q in range(5)]
+    room = app.table[0].value
+    assert room.to_dict("records") == [{"Level": "5-way", "Players": 1, "Answers": 5, "Students": "60.0%",
+                                        "Model": f"{right / 5:.1%}"}]
+
+    app.button(key=next(b.key for b in app.button if b.label == "Next task")).click().run()
+    assert "#### Seed 1 · task 2 · 5-way" in texts(app, "markdown")
+    task2, model2 = expected(unseen, level, seed=1, number=2)
+    play(app, task2.truth)  # all right this time
+    right2 = right + sum(m == t for m, t in zip(model2, task2.truth))
+    assert f"So far at 5-way: you 8 of 10 (80%), the model {right2} of 10 ({right2 / 10:.0%})" in texts(app, "markdown")
+
+
+def test_the_settings_choose_the_task(unseen, folders):
+    """Seed 7, 20-way, one alphabet: answering the truth of the task drawn apart from the page scores 5 of 5
+    only if the page showed that task."""
+    app = open_challenge_page()
+    app.number_input(key="challenge_seed").set_value(7).run()
+    app.radio(key="challenge_ways").set_value(20).run()
+    app.toggle(key="challenge_one_alphabet").set_value(True).run()
+    assert "#### Seed 7 · task 1 · 20-way, one alphabet" in texts(app, "markdown")
+    assert [b.label for b in app.button if b.key.startswith("challenge_class_")] == list(LETTERS)
+    task, _ = expected(unseen, challenge.Level(20, True), seed=7, number=1)
+    play(app, task.truth)
+    assert "So far at 20-way, one alphabet: you 5 of 5 (100%)" in texts(app, "markdown")
+    stored = sqlite3.connect(folders / "board.sqlite3").execute("SELECT DISTINCT ways, one_alphabet, seed FROM answers")
+    assert stored.fetchall() == [(20, 1, 7)]
+    app.radio(key="challenge_ways").set_value(5).run()  # another level starts at its task 1, unanswered
+    assert "#### Seed 7 · task 1 · 5-way, one alphabet" in texts(app, "markdown")
+    assert "**Query 1 of 5**" in texts(app, "markdown")
+    app.radio(key="challenge_ways").set_value(20).run()  # and back, on to the task after the one played
+    assert "#### Seed 7 · task 2 · 20-way, one alphabet" in texts(app, "markdown")
+
+
+def test_a_session_plays_and_stores_a_bounded_number_of_tasks(unseen, folders, monkeypatch):
+    monkeypatch.setattr(scoreboard, "MAX_SESSION_ANSWERS", challenge.QUERIES)  # one task
+    app = open_challenge_page()
+    play(app, [0] * challenge.QUERIES)
+    app.button(key=next(b.key for b in app.button if b.label == "Next task")).click().run()
+    assert "This session has played 1 tasks" in texts(app, "info")
+    assert not [b for b in app.button if b.key.startswith("challenge_class_")]
+
+
+def test_a_full_scoreboard_says_so_and_the_game_goes_on(folders, monkeypatch):
+    monkeypatch.setattr(scoreboard, "MAX_ROWS", 3)
+    app = open_challenge_page()
+    play(app, [0] * challenge.QUERIES)
+    assert ("This task's answers were not stored on the class scoreboard: it holds 0 of the 3 answers it may hold."
+            in texts(app, "warning"))
+    assert "So far at 5-way: you" in texts(app, "markdown")
+
+
+def test_a_corrupt_scoreboard_is_one_line_and_the_game_goes_on(folders):
+    (folders / "board.sqlite3").write_bytes(b"not a database " * 100)
+    app = open_challenge_page()
+    [warning] = app.warning
+    assert warning.value == (f"No class scoreboard ({folders / 'board.sqlite3'}: file is not a database): the game "
+                             "goes on, but answers are not stored.")
+    play(app, [0] * challenge.QUERIES)
+    assert "So far at 5-way: you" in texts(app, "markdown") and not app.error
+
+
+def test_without_omniglot_the_page_says_where_to_get_it_and_stops(folders, monkeypatch):
+    monkeypatch.setenv("FEWSHOT_DATA", str(folders / "no-omniglot"))
+    app = open_challenge_page()
+    assert "Omniglot is not at" in texts(app, "warning")
+    assert not app.button and not app.error
+
+
+def test_without_the_model_the_page_says_which_file_is_missing(folders):
+    (folders / "checkpoints" / challenge.MODEL_FILES[20]).unlink()
+    app = open_challenge_page()
+    app.radio(key="challenge_ways").set_value(20).run()
+    assert not app.exception
+    missing = folders / "checkpoints" / challenge.MODEL_FILES[20]
+    assert f"No model for 20-way tasks: {missing} cannot be read (it ships in checkpoints/)." in texts(app, "error")
+
+
+def test_two_clicks_on_one_drawn_page_answer_one_query(folders):
+    """Two clicks that reach the server before the page is drawn again (a double click, two classes in a hurry):
+    the second was meant for the query shown, which the first answered, and is ignored."""
+    app = open_challenge_page()
+    app.button(key="challenge_class_1").click()
+    app.button(key="challenge_class_2").click()
+    app.run()
+    assert "**Query 2 of 5**" in texts(app, "markdown")
+    assert app.session_state["challenge_given"] == [1]

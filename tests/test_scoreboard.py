@@ -1,0 +1,125 @@
+"""The class scoreboard (fewshot/scoreboard.py): what it stores, its limits, a bad file, many writers at once."""
+
+import multiprocessing
+import sqlite3
+
+import pytest
+
+from fewshot import runs, scoreboard
+from fewshot.challenge import Level
+from fewshot.scoreboard import Answer, Scoreboard, ScoreboardError, ScoreboardFull
+
+FIVE, TWENTY_ONE_ALPHABET = Level(5, False), Level(20, True)
+
+
+def task_answers(level: Level, seed: int, task: int, student: list, model: list, truth: list) -> list:
+    return [Answer(level, seed, task, q + 1, s, m, t) for q, (s, m, t) in enumerate(zip(student, model, truth))]
+
+
+def rows(path, columns: str = "*") -> list:
+    with sqlite3.connect(path) as db:
+        return db.execute(f"SELECT {columns} FROM answers ORDER BY id").fetchall()
+
+
+def test_answers_are_stored_with_all_they_need_and_summed_per_level(tmp_path):
+    board = Scoreboard(tmp_path / "board.sqlite3")
+    assert board.record(task_answers(FIVE, 7, 1, [0, 1, 2, 3, 4], [0, 1, 2, 3, 0], [0, 1, 4, 3, 0]), "s1", "Ada") == 5
+    assert board.record(task_answers(FIVE, 7, 1, [4, 4, 4, 4, 4], [0, 1, 2, 3, 0], [0, 1, 4, 3, 0]), "s2") == 5
+    assert board.record(task_answers(TWENTY_ONE_ALPHABET, 7, 3, [19, 2], [19, 5], [19, 2]), "s1", "Ada") == 2
+    stored = rows(board.path, "ways, one_alphabet, seed, task, query, student, model, truth, nickname, session")
+    assert stored[:2] == [(5, 0, 7, 1, 1, 0, 0, 0, "Ada", "s1"), (5, 0, 7, 1, 2, 1, 1, 1, "Ada", "s1")]
+    assert stored[5] == (5, 0, 7, 1, 1, 4, 0, 0, None, "s2")
+    assert stored[-1] == (20, 1, 7, 3, 2, 2, 5, 2, "Ada", "s1")
+    assert all(isinstance(time, float) for (time,) in rows(board.path, "time"))
+    five, twenty = board.standings()
+    assert five == scoreboard.Standing(FIVE, players=2, answers=10, student_right=3 + 1, model_right=4 + 4)
+    assert twenty == scoreboard.Standing(TWENTY_ONE_ALPHABET, players=1, answers=2, student_right=2, model_right=1)
+
+
+def test_a_session_answers_each_query_once(tmp_path):
+    board = Scoreboard(tmp_path / "board.sqlite3")
+    board.record(task_answers(FIVE, 1, 1, [0, 0], [1, 1], [0, 1]), "s1")
+    assert board.record(task_answers(FIVE, 1, 1, [1, 1, 1], [1, 1, 1], [0, 1, 2]), "s1") == 1  # the third is new
+    assert rows(board.path, "query, student") == [(1, 0), (2, 0), (3, 1)]
+    assert board.record(task_answers(FIVE, 1, 1, [1], [1], [0]), "s2") == 1  # another session's answer counts
+
+
+def test_nicknames_are_cleaned_and_bounded(tmp_path):
+    board = Scoreboard(tmp_path / "board.sqlite3")
+    nicknames = ["  Zoë   <b>O'Neil</b>\n", "x" * 500, "😀<>;", "Robert'); DROP TABLE answers;--"]
+    for session, nickname in enumerate(nicknames):
+        board.record(task_answers(FIVE, 1, 1, [0], [0], [0]), str(session), nickname)
+    assert rows(board.path, "nickname") == [("Zoë bONeilb",), ("x" * scoreboard.MAX_NICKNAME,), (None,),
+                                            ("Robert DROP TABLE an",)]
+
+
+def test_limits_per_session_and_in_all_refuse_a_whole_task(tmp_path, monkeypatch):
+    monkeypatch.setattr(scoreboard, "MAX_SESSION_ANSWERS", 7)
+    monkeypatch.setattr(scoreboard, "MAX_ROWS", 12)
+    board = Scoreboard(tmp_path / "board.sqlite3")
+    five = task_answers(FIVE, 1, 1, [0] * 5, [0] * 5, [0] * 5)
+    board.record(five, "s1")
+    with pytest.raises(ScoreboardFull, match="this browser session has stored 5 of the 7 answers one may store"):
+        board.record(task_answers(FIVE, 1, 2, [0] * 5, [0] * 5, [0] * 5), "s1")
+    board.record(five, "s2")
+    with pytest.raises(ScoreboardFull, match="it holds 10 of the 12 answers it may hold"):
+        board.record(five, "s3")
+    assert len(rows(board.path)) == 10  # all of a task or none of it
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda path: path.write_bytes(b"certainly not SQLite " * 200), "file is not a database"),
+    (lambda path: path.mkdir(), "unable to open database file"),
+])
+def test_a_file_that_is_no_scoreboard_is_a_one_line_error(tmp_path, make, message):
+    path = tmp_path / "board.sqlite3"
+    make(path)
+    with pytest.raises(ScoreboardError) as error:
+        Scoreboard(path)
+    assert str(error.value) == f"{path}: {message}"
+
+
+def test_the_scoreboard_lives_beside_the_runs_unless_told_and_is_no_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEWSHOT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("FEWSHOT_DB", raising=False)
+    assert scoreboard.db_path() == tmp_path / "runs" / "challenge.sqlite3"
+    board = Scoreboard(scoreboard.db_path())
+    board.record(task_answers(FIVE, 1, 1, [0], [0], [0]), "s1")
+    with sqlite3.connect(board.path) as reader:  # held open, so that the -wal and -shm files stay there too
+        reader.execute("SELECT count(*) FROM answers").fetchone()
+        assert runs.list_runs(runs.runs_root()) == [] and runs.list_runs() == runs.list_runs(runs.shipped_runs_root())
+    monkeypatch.setenv("FEWSHOT_DB", str(tmp_path / "elsewhere.db"))
+    assert scoreboard.db_path() == tmp_path / "elsewhere.db"
+
+
+WRITERS, TASKS = 6, 40  # processes, and tasks of 5 answers each writes, every task its own transaction
+
+
+def write_tasks(path: str, writer: int, start: multiprocessing.Barrier, errors: multiprocessing.Queue) -> None:
+    board = Scoreboard(path)
+    start.wait()  # all at once
+    try:
+        for task in range(1, TASKS + 1):
+            board.record(task_answers(FIVE, writer, task, [0] * 5, [1] * 5, [0] * 5), f"session-{writer}")
+    except ScoreboardError as error:
+        errors.put(str(error))
+
+
+def test_many_writers_at_once_lose_no_answer(tmp_path):
+    path = str(tmp_path / "board.sqlite3")
+    Scoreboard(path)
+    context = multiprocessing.get_context("fork")  # quick: the children only write SQLite
+    start, errors = context.Barrier(WRITERS), context.Queue()
+    writers = [context.Process(target=write_tasks, args=(path, w, start, errors)) for w in range(WRITERS)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join(timeout=120)
+    assert [process.exitcode for process in writers] == [0] * WRITERS
+    assert errors.empty(), errors.get()
+    assert len(rows(path)) == WRITERS * TASKS * 5
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    standing, = Scoreboard(path).standings()
+    assert (standing.players, standing.answers, standing.student_right, standing.model_right) == (
+        WRITERS, WRITERS * TASKS * 5, WRITERS * TASKS * 5, 0)
