@@ -116,8 +116,8 @@ def bench_command(args) -> None:
     import torch
     from .bench import bench
     config = config_from_args(args)
-    print(f"CPU threads: {torch.get_num_threads()}; inner steps {config.inner_steps}, queries {config.queries}, "
-          f"{config.backbone} backbone; median of {args.repeats} iterations after one warm-up")
+    print(f"CPU threads: {torch.get_num_threads()}; {config.queries} queries per class, meta-batch 32, conv "
+          f"{config.channels}x{config.blocks}; median of {args.repeats} iterations after one warm-up")
     bench(config, args.repeats)
 
 
@@ -150,7 +150,7 @@ def main(argv=None) -> None:
                                       "paper's code does, not with the support set's (the app's way)")
     evaluate_parser.add_argument("--record", action="store_true", help="write the result into the checkpoint")
 
-    bench_parser = commands.add_parser("bench", help="seconds per iteration: learn2learn loop vs this engine")
+    bench_parser = commands.add_parser("bench", help="seconds per iteration: the notebook's loop vs this engine")
     bench_parser.add_argument("--repeats", type=int, default=5, help="timed iterations per setting")
     add_config_options(bench_parser)
 

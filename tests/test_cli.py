@@ -1,5 +1,6 @@
 import errno
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,13 +127,20 @@ def test_missing_dataset_is_explained(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_prints_both_engines_for_every_setting(data_root):
+def test_bench_times_the_notebook_loop_and_both_engines_for_every_setting(data_root):
     output = fewshot("bench", "--data-root", data_root, "--channels", 4, "--blocks", 2, "--queries", 1,
                      "--repeats", 1).stdout
-    rows = [line for line in output.splitlines() if line.startswith(("maml ", "fomaml "))]
-    assert [row.split()[:2] for row in rows] == [["maml", "5w1s"], ["maml", "5w5s"], ["fomaml", "5w1s"],
-                                                  ["fomaml", "5w5s"]]
-    assert all(row.endswith("x") for row in rows)
+    rows = [line.split() for line in output.splitlines() if line.startswith(("maml ", "fomaml "))]
+    assert [row[:3] for row in rows] == [[algorithm, task, steps] for algorithm in ("maml", "fomaml")
+                                         for task, steps in (("5w1s", "1"), ("5w5s", "1"), ("20w1s", "1"),
+                                                             ("5w1s", "5"))]
+    for row in rows:
+        notebook, l2l_loop, ours = map(float, row[3:6])
+        for printed, slower in ((row[6], notebook), (row[7], l2l_loop)):  # within the seconds' rounding
+            assert (slower - 5e-4) / (ours + 5e-4) - 5e-3 <= float(printed.rstrip("x")) <= (
+                (slower + 5e-4) / (ours - 5e-4) + 5e-3), row
+        assert float(row[8]) > 0  # GFLOP/s
+    assert re.search(r"matrix product: [\d.]+ GFLOP/s", output)
 
 
 def test_train_names_every_bad_option_at_once(tmp_path):
