@@ -2,10 +2,12 @@
 
 import streamlit as st
 
+from fewshot.config import REPO_ROOT
 from fewshot.memory import keep_freed_memory
 
 keep_freed_memory()  # the Draw page's adaptation: 15-25 % faster (see fewshot/memory.py)
-st.set_page_config(page_title="fewshot: MAML on Omniglot", page_icon=":material/draw:", layout="wide")
+st.set_page_config(page_title="fewshot: MAML on Omniglot", layout="wide",
+                   page_icon=str(REPO_ROOT / "static" / "icon.png"))  # served by this server, not fetched online
 
 pages = [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
          st.Page("pages/train.py", title="Train", icon=":material/monitoring:"),

@@ -22,6 +22,24 @@ from .omniglot import Omniglot
 
 DEFAULT_CHECKPOINT = "maml-conv-5way.safetensors"  # shipped in checkpoints/
 MAX_UPLOAD_NAME = 60  # characters
+MAX_RUNS_OFFERED = 8  # the runs' newest checkpoints that the Draw page offers
+# The models shipped in checkpoints/ (checkpoints/README.md): file name -> (the iterations in its metadata, which
+# count its last run only, and its whole training). Two were trained in several runs, each from the last.
+SHIPPED = {
+    "maml-conv-5way.safetensors": (9499, "three phases: 19,538 iterations of 5-way 1-shot tasks from random "
+                                         "weights, 7,793 of 20-way, then 9,499 of 5-way again"),
+    "maml-conv-5way-scratch.safetensors": (19538, "19,538 iterations of 5-way 1-shot tasks from random weights"),
+    "fomaml-conv-5way.safetensors": (9429, "9,429 iterations of 5-way 1-shot tasks from random weights"),
+    "maml-conv-20way.safetensors": (14237, "two phases: 19,538 iterations of 5-way 1-shot tasks from random "
+                                          "weights, then 14,237 of 20-way"),
+}
+# A query whose novelty (see `novelty`) is above this is unlike every support drawing: maybe none of the classes.
+# Measured with the shipped 5-way model on two samples of 300 5-way 1-shot tasks of unseen alphabets, with one new
+# drawing of a support character, one of a sixth character and a random scribble as queries: above it were 13 and
+# 18 % of the first, 76 and 85 % of the second, 81 and 82 % of the scribbles (at 5 shots: 1, 61 and 64 %). The
+# novelty told the first from the others with an AUC of 0.90-0.92 at 1 shot and 0.97-0.98 at 5, the probabilities'
+# entropy with 0.84-0.89 and 0.92-0.95.
+UNFAMILIAR = 0.5
 
 
 @dataclass
@@ -73,6 +91,33 @@ def adapt_and_classify(model, support_x: torch.Tensor, support_y: torch.Tensor, 
     return Adaptation(params, losses, accuracies, query_probabilities[0], query_probabilities[-1])
 
 
+def novelty(model, params: dict, support_x: torch.Tensor, support_y: torch.Tensor,
+            query_x: torch.Tensor) -> torch.Tensor:
+    """How unlike the support drawings each query is, to the model at `params`: the distance from its features
+    (what the classifier layer sees) to the nearest support drawing's, over the mean distance between support
+    drawings of different classes. The classifier must pick one of the classes whatever the query, so its
+    probabilities cannot say "none of these"; a query far from every drawing it adapted to may be none of them."""
+    supports = len(support_x)
+    features = classifier_inputs(model, params, torch.cat([support_x, query_x]), supports)
+    support_features, query_features = features[:supports], features[supports:]
+    between_classes = support_y[:, None] != support_y[None, :]
+    spread = torch.cdist(support_features, support_features)[between_classes].mean()
+    return torch.cdist(query_features, support_features).min(dim=1).values / spread
+
+
+def classifier_inputs(model, params: dict, inputs: torch.Tensor, supports: int) -> torch.Tensor:
+    """The features the model's classifier layer gets for `inputs` at `params` (batch norm with the first
+    `supports` inputs' statistics, as in adapt_and_classify)."""
+    seen = []
+    hook = model.classifier.register_forward_pre_hook(lambda layer, args: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            functional_call(model, params, (inputs, supports))
+    finally:
+        hook.remove()
+    return seen[0]
+
+
 @contextmanager
 def idle_threads():
     """Runs torch meanwhile on as many threads as the machine has idle cores (at least one). Adapting to a
@@ -97,10 +142,34 @@ def check_supports(model, support_y: torch.Tensor) -> None:
 
 
 def find_checkpoints(checkpoints_dir: Path, runs_root: Path) -> list:
-    """Checkpoints to offer: the shipped default first, the other kept ones, then runs' (newest first)."""
-    kept = sorted(Path(checkpoints_dir).glob("*.safetensors"), key=lambda p: (p.name != DEFAULT_CHECKPOINT, p.name))
+    """Checkpoints to offer: the shipped ones (the default first), the other kept ones, then the runs' newest
+    MAX_RUNS_OFFERED."""
+    kept = sorted(Path(checkpoints_dir).glob("*.safetensors"),
+                  key=lambda p: (p.name != DEFAULT_CHECKPOINT, p.name not in SHIPPED, p.name))
     trained = sorted(Path(runs_root).glob("*/checkpoint.safetensors"), key=_modified, reverse=True)
-    return kept + trained
+    return kept + trained[:MAX_RUNS_OFFERED]
+
+
+def checkpoint_label(path: Path, checkpoints_dir: Path) -> str:
+    """How the checkpoint menu names a checkpoint: its group (shipped, kept, run), then its file or run."""
+    path = Path(path)
+    if path.parent != Path(checkpoints_dir):
+        return f"Run: {path.parent.name}"
+    return f"{'Shipped' if path.name in SHIPPED else 'Kept'}: {path.stem}"
+
+
+def describe_checkpoint(name: str, metadata: dict) -> str:
+    """One line on a checkpoint: its algorithm, backbone, training and test accuracy. A shipped model trained in
+    several runs, whose metadata counts the last run's iterations only, gets its whole history."""
+    iterations, history = SHIPPED.get(name, (None, None))
+    if metadata["iterations"] != iterations:  # not the shipped model, whatever its name
+        history = f"{metadata['iterations']:,} iterations of {metadata['ways']}-way {metadata['shots']}-shot tasks"
+    parts = [f"{str(metadata['algorithm']).upper()}, {metadata['backbone']} backbone, meta-trained for {history}"]
+    accuracy = metadata.get("accuracy")
+    for task, result in (accuracy.items() if isinstance(accuracy, dict) else ()):
+        if isinstance(result, dict) and isinstance(result.get("accuracy"), float):
+            parts.append(f"test accuracy {result['accuracy']:.0%} ({task})")
+    return " · ".join(parts)
 
 
 def _modified(path: Path) -> float:
@@ -130,7 +199,7 @@ def omniglot_examples(data: Omniglot, characters: list, ways: int, shots: int, s
     each and one more drawing of one of them as the query.
 
     Returns support ink [ways, shots, 28, 28], the query's ink [28, 28], the query's class, and the
-    characters' names ("Alphabet / characterNN").
+    characters' names (character_name).
     """
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.tensor(characters)[torch.randperm(len(characters), generator=generator)[:ways]].tolist()
@@ -138,5 +207,11 @@ def omniglot_examples(data: Omniglot, characters: list, ways: int, shots: int, s
     support = data.ink[chosen][:, drawings[:shots]]
     query_class = int(torch.randint(ways, (), generator=generator))
     query = data.ink[chosen[query_class], drawings[shots]]
-    names = [f"{data.alphabet(c).replace('_', ' ')} / {data.characters[c].split('/')[-1]}" for c in chosen]
-    return support, query, query_class, names
+    return support, query, query_class, [character_name(data, c) for c in chosen]
+
+
+def character_name(data: Omniglot, character: int) -> str:
+    """A character's name, short enough for a class name: its alphabet and number ("Old Church Slavonic
+    (Cyrillic) #07" for Old_Church_Slavonic_(Cyrillic)/character07)."""
+    number = data.characters[character].split("/")[-1].removeprefix("character")
+    return f"{data.alphabet(character).replace('_', ' ')} #{number}"

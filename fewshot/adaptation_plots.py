@@ -5,34 +5,39 @@ from plotly.subplots import make_subplots
 
 from .adaptation import Adaptation
 
-WINNER, OTHERS, CURVE = "#d62728", "#9aa5b1", "#1f77b4"
+WINNER, BEFORE, AFTER, CURVE = "#d62728", "#c5ccd3", "#7b8794", "#1f77b4"
 
 
-def adaptation_curves(adaptation: Adaptation, height: int = 300) -> go.Figure:
-    """Support loss and accuracy after 0, 1, ..., steps inner steps."""
+def adaptation_curves(adaptation: Adaptation, height: int = 280) -> go.Figure:
+    """Support loss and accuracy after 0, 1, ..., steps inner steps (step 0: the meta-learned start θ)."""
     steps = list(range(len(adaptation.support_loss)))
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("support loss", "support accuracy"))
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("support loss", "support accuracy"),
+                           horizontal_spacing=0.18)
     figure.add_scatter(x=steps, y=adaptation.support_loss, mode="lines+markers", line=dict(color=CURVE),
                        showlegend=False, row=1, col=1)
     figure.add_scatter(x=steps, y=adaptation.support_accuracy, mode="lines+markers", line=dict(color=CURVE),
                        showlegend=False, row=1, col=2)
-    figure.update_xaxes(title_text="inner steps (0 = the meta-learned start)", dtick=1 if len(steps) <= 12 else None)
+    figure.update_xaxes(title_text="inner step", dtick=1 if len(steps) <= 12 else None)
     figure.update_yaxes(rangemode="tozero", row=1, col=1)
     figure.update_yaxes(range=[0, 1.05], tickformat=".0%", row=1, col=2)
     figure.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10))
     return figure
 
 
-def probability_bars(names: list, before, after, steps: int, height: int = 300) -> go.Figure:
-    """Class probabilities of one query before and after adaptation, the most probable class highlighted."""
-    figure = make_subplots(rows=1, cols=2, shared_yaxes=True,
-                           subplot_titles=("before adaptation (θ)", f"after {steps} inner steps (θ')"))
-    for column, probabilities in ((1, before), (2, after)):
-        values = [float(p) for p in probabilities]
-        winner = max(range(len(values)), key=values.__getitem__)
-        figure.add_bar(x=names, y=values, text=[f"{v:.0%}" for v in values], textposition="outside",
-                       marker_color=[WINNER if i == winner else OTHERS for i in range(len(values))],
-                       showlegend=False, row=1, col=column)
-    figure.update_yaxes(range=[0, 1.15], tickformat=".0%")
-    figure.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10))
+def probability_bars(names: list, before, after, steps: int) -> go.Figure:
+    """Class probabilities of one query before and after adaptation, as horizontal bars beside the class names
+    (readable however long), the most probable class after adaptation highlighted."""
+    before, after = [float(p) for p in before], [float(p) for p in after]
+    winner = max(range(len(after)), key=after.__getitem__)
+    figure = go.Figure()
+    figure.add_bar(y=names, x=before, orientation="h", name="before adaptation (θ)", marker_color=BEFORE,
+                   text=[f"{p:.0%}" for p in before], textposition="outside")
+    figure.add_bar(y=names, x=after, orientation="h", name=f"after {steps} inner steps (θ')",
+                   marker_color=[WINNER if i == winner else AFTER for i in range(len(after))],
+                   text=[f"{p:.0%}" for p in after], textposition="outside")
+    figure.update_xaxes(range=[0, 1.2], tickformat=".0%")
+    figure.update_yaxes(autorange="reversed", automargin=True)  # class 1 on top, as on the page
+    figure.update_layout(height=90 + 44 * len(names), margin=dict(l=10, r=10, t=40, b=10), barmode="group",
+                         title=dict(text="the query's class probabilities", font=dict(size=14)),
+                         legend=dict(orientation="h", y=-0.15 - 0.6 / len(names), x=0))
     return figure

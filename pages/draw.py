@@ -20,19 +20,58 @@ from PIL import Image
 from streamlit_drawable_canvas import st_canvas  # imported here only: it needs a running Streamlit
 
 from fewshot import runs
-from fewshot.adaptation import (adapt_and_classify, adaptation_settings, find_checkpoints, load_uploaded_checkpoint,
-                                omniglot_examples, idle_threads, upload_name, ways_of)
+from fewshot.adaptation import (UNFAMILIAR, adapt_and_classify, adaptation_settings, checkpoint_label,
+                                describe_checkpoint, find_checkpoints, idle_threads, load_uploaded_checkpoint, novelty,
+                                omniglot_examples, upload_name, ways_of)
 from fewshot.adaptation_plots import adaptation_curves, probability_bars
 from fewshot.checkpoints import CheckpointError, load_checkpoint
-from fewshot.config import REPO_ROOT, Config
+from fewshot.config import Config
 from fewshot.drawing import BlankDrawing, drawing_to_ink
 from fewshot.omniglot import DatasetNotFound, load_omniglot, split_characters
 
 CANVAS_SIZE, STROKE_WIDTH, PREVIEW_SIZE = 140, 8, 56
+TOOLBAR_WIDTH = 40  # the canvas' undo, redo and reset buttons, beside it (CANVAS_STYLE)
+SLOT_WIDTH = CANVAS_SIZE + TOOLBAR_WIDTH + PREVIEW_SIZE + 8  # a drawing, its toolbar and what the model sees
+GAP = 16  # pixels between a class' slots: Streamlit's "small" gap, 1rem
 MAX_WAYS, MAX_SHOTS, MAX_STEPS = 20, 5, 50
-BESIDE = 3  # drawings per class that leave room for the model's view beside each
+MAX_NAME = 60  # characters in a class name
+CHART_WIDTH = 440  # two charts side by side on a wide screen, one above the other on a projector
+STILL = {"displayModeBar": False}  # no zoom buttons over the charts' titles
 UPLOAD = "upload"
 QUERY = "query"
+# The canvas' toolbar shows on hover above its top right corner, over what is above: the heading, a name, the
+# canvas above. Before it shows, it lies unseen over the canvas' top 30 px and takes the strokes that start
+# there. The canvas keeps its styles in a shadow root, out of the page's CSS: this script adds a rule to each
+# canvas' shadow root that sets the toolbar upright to the canvas' right, in a space the page leaves for it.
+CANVAS_STYLE = """<script>
+if (!window.fewshotCanvasStyle) {
+  window.fewshotCanvasStyle = true;
+  const rule = `.dc-toolbar { top: 0 !important; left: 100% !important; right: auto !important;
+                              padding: 0 0 0 .25rem !important; }
+                .dc-toolbar-card, .dc-toolbar-contextual { flex-direction: column !important; }`;
+  const style = root => {
+    if (root.querySelector("style[data-fewshot]")) return;
+    const element = document.createElement("style");
+    element.dataset.fewshot = "";
+    element.textContent = rule;
+    root.appendChild(element);
+  };
+  let again = false;  // whether a look at the next frame is due
+  const watch = () => document.querySelectorAll('[data-testid="stBidiComponentIsolated"]').forEach(host => {
+    if (!host.shadowRoot) {  // attached a moment after the host: look again at the next frame, once
+      if (!again) requestAnimationFrame(() => { again = false; watch(); });
+      again = true;
+      return;
+    }
+    if (host.fewshotWatched) return;
+    host.fewshotWatched = true;
+    style(host.shadowRoot);
+    new MutationObserver(() => style(host.shadowRoot)).observe(host.shadowRoot, {childList: true});
+  });
+  new MutationObserver(watch).observe(document.body, {childList: true, subtree: true});
+  watch();
+}
+</script>"""
 
 state = st.session_state
 state.setdefault("draw_versions", {})  # slot -> how many times it was cleared, part of its canvas' key
@@ -93,14 +132,15 @@ def picture(ink: np.ndarray, size: int) -> np.ndarray:
 
 
 def choose_checkpoint():
-    """(model, metadata, its adaptation settings, an id) of the checkpoint chosen, or None after saying why
+    """(model, metadata, its adaptation settings, an id, its file name) of the checkpoint chosen, or None after saying why
     there is none; CheckpointError for a file that is no usable checkpoint."""
     found = find_checkpoints(runs.checkpoints_dir(), runs.runs_root())
-    labels = {str(path): _shown_path(path) for path in found}
+    labels = {str(path): checkpoint_label(path, runs.checkpoints_dir()) for path in found}
     labels[UPLOAD] = "Upload a checkpoint ..."
     choice = st.selectbox("Checkpoint", list(labels), format_func=labels.get, key="draw_checkpoint",
                           persist_state="session",
-                          help="Kept checkpoints (checkpoints/) come first, then the runs' (runs/), newest first.")
+                          help="Shipped: the models that come with the app (checkpoints/README.md). Kept: those "
+                               "kept from the Train page (checkpoints/). Run: the newest runs' (runs/).")
     if choice == UPLOAD:
         upload = st.file_uploader("A fewshot checkpoint (.safetensors)", type=["safetensors"], key="draw_upload")
         if upload is None:
@@ -117,37 +157,23 @@ def choose_checkpoint():
             raise CheckpointError(f"{labels[choice]} is gone; choose another checkpoint.") from None
         model, metadata = checkpoint_from_file(choice, modified)
         model_id = hashlib.sha1(f"{choice}:{modified}".encode()).hexdigest()[:12]
-    return model, metadata, adaptation_settings(metadata), model_id
-
-
-def _shown_path(path: Path) -> str:
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
-
-
-def describe(metadata: dict) -> str:
-    parts = [f"{str(metadata['algorithm']).upper()}, {metadata['backbone']} backbone, meta-trained on "
-             f"{metadata['ways']}-way {metadata['shots']}-shot tasks for {metadata['iterations']} iterations"]
-    accuracy = metadata.get("accuracy")
-    for task, result in (accuracy.items() if isinstance(accuracy, dict) else ()):
-        if isinstance(result, dict) and isinstance(result.get("accuracy"), float):
-            parts.append(f"test accuracy {result['accuracy']:.0%} ({task})")
-    return " · ".join(parts)
+    name = upload_name(upload.name) if choice == UPLOAD else Path(choice).name
+    return model, metadata, adaptation_settings(metadata), model_id, name
 
 
 def settings(defaults: dict, model_id: str) -> tuple:
     """Classes, drawings per class, inner learning rate and steps: the checkpoint's, unless overridden."""
-    columns = st.columns(4)
-    ways = columns[0].number_input("Classes (N ways)", 2, MAX_WAYS, min(max(defaults["ways"], 2), MAX_WAYS),
-                                   key=f"draw_ways_{model_id}", persist_state="session")
-    shots = columns[1].number_input("Drawings per class (K shots)", 1, MAX_SHOTS,
-                                    min(max(defaults["shots"], 1), MAX_SHOTS), key=f"draw_shots_{model_id}",
-                                    persist_state="session")
-    inner_lr = columns[2].number_input("Inner learning rate α", 0.0, 10.0, min(float(defaults["inner_lr"]), 10.0),
-                                       step=0.05, format="%g", key=f"draw_lr_{model_id}", persist_state="session")
-    steps = columns[3].number_input("Inner steps", 0, MAX_STEPS, min(defaults["steps"], MAX_STEPS),
-                                    key=f"draw_steps_{model_id}", persist_state="session",
-                                    help="Gradient steps on your drawings. The checkpoint's test-time setting "
-                                         "by default.")
+    with st.container(horizontal=True):  # side by side, as many as the width allows
+        ways = st.number_input("Classes (N ways)", 2, MAX_WAYS, min(max(defaults["ways"], 2), MAX_WAYS),
+                               key=f"draw_ways_{model_id}", persist_state="session", width=200)
+        shots = st.number_input("Drawings per class (K shots)", 1, MAX_SHOTS, min(max(defaults["shots"], 1), MAX_SHOTS),
+                                key=f"draw_shots_{model_id}", persist_state="session", width=200)
+        inner_lr = st.number_input("Inner learning rate α", 0.0, 10.0, min(float(defaults["inner_lr"]), 10.0),
+                                   step=0.05, format="%g", key=f"draw_lr_{model_id}", persist_state="session",
+                                   width=200)
+        steps = st.number_input("Inner steps", 0, MAX_STEPS, min(defaults["steps"], MAX_STEPS),
+                                key=f"draw_steps_{model_id}", persist_state="session", width=200,
+                                help="Gradient steps on your drawings. The checkpoint's test-time setting by default.")
     return int(ways), int(shots), float(inner_lr), int(steps)
 
 
@@ -178,22 +204,25 @@ def fill_from_omniglot(metadata: dict, ways: int, shots: int) -> None:
     state.draw_query_answer = answer
 
 
-def slot(slot_id, beside: bool) -> np.ndarray | None:
-    """Shows a slot, a canvas or the Omniglot drawing filling it, with the 28x28 image the model sees beside
-    or under it; returns that image, or None while the slot is empty."""
-    drawing, seen = st.columns([CANVAS_SIZE, PREVIEW_SIZE + 16], gap="small") if beside else (st.container(),) * 2
-    filled = state.draw_filled.get(slot_id)
-    with drawing:
-        if filled is not None:
-            st.image(picture(filled, CANVAS_SIZE), width=CANVAS_SIZE)
-            ink = filled
-        else:
-            ink = canvas(slot_id)
-    with seen:
-        if ink is None:
-            st.caption("empty")
-        else:
-            st.image(picture(ink, PREVIEW_SIZE), width=PREVIEW_SIZE)
+def slot(slot_id, clear_button: dict | None = None) -> np.ndarray | None:
+    """Shows a slot, a canvas or the Omniglot drawing filling it, with room for the canvas' toolbar and the
+    28x28 image the model sees beside it, and under that an eraser button if given (st.button's arguments);
+    returns that image, or None while the slot is empty."""
+    with st.container(horizontal=True, gap=None, wrap=False, width=SLOT_WIDTH):
+        filled = state.draw_filled.get(slot_id)
+        with st.container(width=CANVAS_SIZE + TOOLBAR_WIDTH):
+            if filled is not None:
+                st.image(picture(filled, CANVAS_SIZE), width=CANVAS_SIZE)
+                ink = filled
+            else:
+                ink = canvas(slot_id)
+        with st.container(width=PREVIEW_SIZE):
+            if ink is None:
+                st.caption("empty")
+            else:
+                st.image(picture(ink, PREVIEW_SIZE), width=PREVIEW_SIZE)
+            if clear_button:
+                st.button(":material/ink_eraser:", on_click=clear, **clear_button)
     return ink
 
 
@@ -214,34 +243,22 @@ def canvas(slot_id) -> np.ndarray | None:
     return ink
 
 
-def class_rows(ways: int, shots: int) -> tuple:
-    """One row of canvases per class; returns the class names and, for each class, its drawings' ink.
-    Up to BESIDE drawings per class, the name is on the left and the image the model sees beside each
-    drawing; with more, the name is above and that image under each drawing."""
-    beside = shots <= BESIDE
+def class_cards(ways: int, shots: int) -> tuple:
+    """A card per class, side by side as the width allows: its name, its Clear button and its drawings.
+    Returns the class names and, for each class, its drawings' ink."""
     names, inks = [], []
-    for c in range(ways):
-        if beside:
-            name_place, *slots = st.columns([1.2] + [2.2] * BESIDE, gap="small")
-            button_place = name_place
-        else:
-            name_place, button_place, _ = st.columns([2, 1, 3], vertical_alignment="bottom")
-        with name_place:
-            name = st.text_input(f"Class {c + 1}", key=f"draw_name_{c}", placeholder=f"Class {c + 1}",
-                                 max_chars=30, persist_state="session").strip()
-        with button_place:
-            st.button("Clear", key=f"draw_clear_{c}", on_click=clear, args=([(c, d) for d in range(shots)],),
-                      icon=":material/ink_eraser:")
-        if not beside:
-            slots = st.columns(shots, gap="small")
-        drawings = []
-        for d in range(shots):
-            with slots[d]:
-                ink = slot((c, d), beside)
-            if ink is not None:
-                drawings.append(ink)
-        names.append(name or f"Class {c + 1}")
-        inks.append(drawings)
+    with st.container(horizontal=True, gap="medium"):
+        for c in range(ways):
+            with st.container(width=shots * SLOT_WIDTH + (shots - 1) * GAP):  # at most the page's width
+                name = st.text_input(f"Class {c + 1}", key=f"draw_name_{c}", placeholder=f"Class {c + 1}",
+                                     max_chars=MAX_NAME, persist_state="session", label_visibility="collapsed").strip()
+                eraser = {"key": f"draw_clear_{c}", "help": f"Clear class {c + 1}'s drawings",
+                          "args": ([(c, d) for d in range(shots)],)}
+                with st.container(horizontal=True, gap="small"):
+                    inked = [slot((c, d), eraser if d == 0 else None) for d in range(shots)]
+                drawings = [ink for ink in inked if ink is not None]
+            names.append(name or f"Class {c + 1}")
+            inks.append(drawings)
     return names, inks
 
 
@@ -258,38 +275,63 @@ def fingerprint(*parts) -> str:
     return digest.hexdigest()
 
 
-def show_prediction(adaptation, names: list, steps: int) -> None:
+def show_prediction(adaptation, names: list, unlike: float) -> None:
+    """The adapted model's answer for the query, and whether the query looks like any of the classes at all."""
     before, after = adaptation.before[0], adaptation.after[0]
     winner = int(after.argmax())
     st.markdown(f"#### Prediction after adaptation: **{names[winner]}** ({after[winner]:.0%})")
+    if unlike > UNFAMILIAR:
+        st.warning(f"**Maybe none of these.** To the adapted model this drawing looks unlike every drawing of "
+                   f"your classes: the nearest is {unlike:.2f} times as far from it as your classes are from each "
+                   f"other (above {UNFAMILIAR} counts as unlike). The model must pick one of your classes, so its "
+                   f"{after[winner]:.0%} only says which one is least unlike.", icon=":material/help:")
+    else:
+        st.caption(f"The drawing looks like your drawings to the model: the nearest is {unlike:.2f} times as far "
+                   f"from it as your classes are from each other (above {UNFAMILIAR} would count as unlike).")
     answer = state.get("draw_query_answer")
     if answer is not None and state.draw_filled.get(QUERY) is not None:
         verdict = "right" if answer == winner else "wrong"
         st.caption(f"The Omniglot query is a drawing of {names[answer]}: the model is {verdict}.")
     st.caption(f"Before adaptation, the meta-learned start θ said {names[int(before.argmax())]} "
                f"({before.max():.0%}): its outputs mean nothing for your classes until it adapts to them.")
-    st.plotly_chart(probability_bars(names, before, after, steps), key="draw_probabilities", width="stretch")
 
 
-st.title("Draw: teach the model your own characters")
+def missing_for_adapt(names: list, inks: list, model_ways: int, ways: int) -> str | None:
+    """What the page still needs before Adapt can run, in a line; None when nothing."""
+    if ways != model_ways:
+        return f"Set Classes to {model_ways} to adapt: this checkpoint tells exactly {model_ways} classes apart."
+    empty = [name for name, drawings in zip(names, inks) if not drawings]
+    if empty:
+        return (f"{', '.join(empty)} {'has' if len(empty) == 1 else 'have'} no drawing yet: draw at least one "
+                f"example in every class to adapt.")
+    return None
+
+
+st.title("Draw your own characters")
 st.markdown("""
-Invent a few characters nobody has seen, draw one to five examples of each (the **support set**), and press
-**Adapt**: the meta-learned model takes a few gradient steps on your drawings, the inner loop of MAML. Then draw
-a new example of one of them (the **query**) and see whether the adapted model recognises it. Next to each
-drawing is what the model sees: your drawing cropped, centred, redrawn with Omniglot's stroke width and
-shrunk to 28×28 pixels, like the training data.
+Invent a few characters and draw examples of each (the **support set**); **Adapt** takes MAML's inner loop, a few
+gradient steps on them. Then draw a new example (the **query**): does the adapted model recognise it? Beside each
+drawing is what the model sees: cropped, centred, redrawn with Omniglot's stroke width, at 28×28 pixels.
 """)
+st.html(CANVAS_STYLE, unsafe_allow_javascript=True)
 
-try:
-    chosen = choose_checkpoint()
-except CheckpointError as error:
-    st.error(f"Cannot use this checkpoint: {error}", icon=":material/error:")
+with st.expander("Model and settings", icon=":material/tune:"):
+    try:
+        chosen = choose_checkpoint()
+    except CheckpointError as error:
+        chosen = error
+    if isinstance(chosen, tuple):
+        model, metadata, defaults, model_id, checkpoint_name = chosen
+        st.caption(describe_checkpoint(checkpoint_name, metadata))
+        ways, shots, inner_lr, steps = settings(defaults, model_id)
+if isinstance(chosen, CheckpointError):
+    st.error(f"Cannot use this checkpoint: {chosen}", icon=":material/error:")
     st.stop()
 if chosen is None:
+    st.info("Open **Model and settings** to choose or upload a checkpoint.", icon=":material/info:")
     st.stop()
-model, metadata, defaults, model_id = chosen
-st.caption(describe(metadata))
-ways, shots, inner_lr, steps = settings(defaults, model_id)
+st.caption(f"{Path(checkpoint_name).stem}: {ways} classes, {shots} drawing{'s' if shots > 1 else ''} per "
+           f"class, {steps} inner step{'s' if steps != 1 else ''} of size α = {inner_lr:g} (Model and settings).")
 mismatch = st.container()  # always there, so that the error does not move, and so remount, the canvases
 if ways != ways_of(model):
     mismatch.error(f"This checkpoint tells exactly {ways_of(model)} classes apart: it was meta-trained on "
@@ -298,63 +340,67 @@ if ways != ways_of(model):
                    icon=":material/error:")
 
 missing_data = runs.missing_dataset_help(Config().data_root)
-buttons = st.columns([1, 1, 3])
-if buttons[0].button("Fill from Omniglot", icon=":material/auto_awesome:", disabled=missing_data is not None,
-                     help="Fill every canvas with drawings of characters from alphabets the model never saw."
-                     if missing_data is None else "Omniglot is not on this machine; draw your own characters."):
-    try:
-        fill_from_omniglot(metadata, ways, shots)
-    except (DatasetNotFound, ValueError) as error:
-        st.error(f"Could not fill from Omniglot: {error}", icon=":material/error:")
-buttons[1].button("Clear all", icon=":material/delete_sweep:", on_click=clear,
-                  args=([(c, d) for c in range(ways) for d in range(shots)] + [QUERY], ways))
+with st.container(horizontal=True):
+    if st.button("Fill from Omniglot", icon=":material/auto_awesome:", disabled=missing_data is not None,
+                 help="Fill every canvas with drawings of characters from alphabets the model never saw."
+                 if missing_data is None else "Omniglot is not on this machine; draw your own characters."):
+        try:
+            fill_from_omniglot(metadata, ways, shots)
+        except (DatasetNotFound, ValueError) as error:
+            st.error(f"Could not fill from Omniglot: {error}", icon=":material/error:")
+    st.button("Clear all", icon=":material/delete_sweep:", on_click=clear,
+              args=([(c, d) for c in range(ways) for d in range(shots)] + [QUERY], ways))
 
 st.subheader("1. Your classes: the support set")
-names, inks = class_rows(ways, shots)
+names, inks = class_cards(ways, shots)
 
 st.subheader("2. Adapt, and classify a new drawing")
-query_column, result_column = st.columns([1, 3])
-with query_column:
-    st.markdown("**Query**")
-    query = slot(QUERY, beside=True)
-    state.draw_shown = shown_now
-    st.caption("A new drawing of one of your classes, for the adapted model to recognise.")
-    st.button("Clear the query", key="draw_clear_query", on_click=clear, args=([QUERY],),
-              icon=":material/ink_eraser:")
+with st.container(horizontal=True, gap="large"):
+    with st.container(width=SLOT_WIDTH):
+        st.markdown("**Query**: a new drawing of one of your classes")
+        query = slot(QUERY)
+        state.draw_shown = shown_now
+        st.button("Clear the query", key="draw_clear_query", on_click=clear, args=([QUERY],),
+                  icon=":material/ink_eraser:")
+    result = st.container(width="stretch")
 
-with result_column:
-    adapt = st.button("Adapt", type="primary", icon=":material/model_training:", disabled=ways != ways_of(model))
-    empty = [name for name, drawings in zip(names, inks) if not drawings]
-    if empty:
-        if adapt:
-            st.error(f"{', '.join(empty)} {'has' if len(empty) == 1 else 'have'} no drawing yet: draw at least "
-                     "one example in every class' row, then press Adapt.", icon=":material/error:")
-        st.stop()
-    support_x, support_y = support_set(inks)
-    current = fingerprint(model_id, support_x, support_y, inner_lr, steps)
-    if adapt:
-        state.draw_adapted = current
-    if state.get("draw_adapted") is None:
-        st.info("Press **Adapt** to run the inner loop on your drawings.")
-        st.stop()
-    if state.draw_adapted != current:
-        st.info("The drawings or the settings changed since the last adaptation: press **Adapt** again.")
-        st.stop()
-    query_x = None if query is None else torch.from_numpy(query).float()[None, None]
-    try:  # adapting again at each rerun gives the same result as the first time, in well under a second
-        tick = time.perf_counter()
-        with idle_threads():
-            adaptation = adapt_and_classify(model, support_x, support_y, inner_lr, steps, query_x)
-        milliseconds = 1000 * (time.perf_counter() - tick)
-    except ValueError as error:
-        st.error(f"Cannot adapt: {error}", icon=":material/error:")
-        st.stop()
-    loss, accuracy = adaptation.support_loss, adaptation.support_accuracy
-    st.markdown(f"Adapted in {milliseconds:.0f} ms: {steps} inner steps on {len(support_y)} drawings. "
-                f"Support accuracy {accuracy[0]:.0%} → **{accuracy[-1]:.0%}**, loss {loss[0]:.2f} → "
-                f"**{loss[-1]:.2f}**.")
-    st.plotly_chart(adaptation_curves(adaptation), key="draw_curves", width="stretch")
+missing = missing_for_adapt(names, inks, ways_of(model), ways)
+adapt = result.button("Adapt", type="primary", icon=":material/model_training:", disabled=missing is not None)
+if missing:
+    result.info(missing, icon=":material/info:")
+    st.stop()
+support_x, support_y = support_set(inks)
+current = fingerprint(model_id, support_x, support_y, inner_lr, steps)
+if adapt:
+    state.draw_adapted = current
+if state.get("draw_adapted") is None:
+    result.info("Press **Adapt** to run the inner loop on your drawings.")
+    st.stop()
+if state.draw_adapted != current:
+    result.info("The drawings or the settings changed since the last adaptation: press **Adapt** again.")
+    st.stop()
+query_x = None if query is None else torch.from_numpy(query).float()[None, None]
+try:  # adapting again at each rerun gives the same result as the first time, in well under a second
+    tick = time.perf_counter()
+    with idle_threads():
+        adaptation = adapt_and_classify(model, support_x, support_y, inner_lr, steps, query_x)
+        unlike = None if query_x is None else float(novelty(model, adaptation.params, support_x, support_y,
+                                                              query_x)[0])
+    milliseconds = 1000 * (time.perf_counter() - tick)
+except ValueError as error:
+    result.error(f"Cannot adapt: {error}", icon=":material/error:")
+    st.stop()
+with result:
     if query is None:
         st.info("Draw a query on the left to classify it.")
     else:
-        show_prediction(adaptation, names, steps)
+        show_prediction(adaptation, names, unlike)
+loss, accuracy = adaptation.support_loss, adaptation.support_accuracy
+st.markdown(f"Adapted in {milliseconds:.0f} ms: {steps} inner steps on {len(support_y)} drawings. "
+            f"Support accuracy {accuracy[0]:.0%} → **{accuracy[-1]:.0%}**, loss {loss[0]:.2f} → "
+            f"**{loss[-1]:.2f}**.")
+with st.container(horizontal=True, gap="medium"):  # the query's first, nearer its prediction
+    if query is not None:
+        st.plotly_chart(probability_bars(names, adaptation.before[0], adaptation.after[0], steps),
+                        key="draw_probabilities", width=CHART_WIDTH, config=STILL)
+    st.plotly_chart(adaptation_curves(adaptation), key="draw_curves", width=CHART_WIDTH, config=STILL)

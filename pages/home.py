@@ -68,10 +68,18 @@ else:
     except (DatasetNotFound, OSError, ValueError) as error:
         st.error(f"Could not read Omniglot from {data_root}: {error}")
     else:
-        st.image(task_picture(task), width=480, caption="Each row is a class: on the left its one support drawing "
-                 "(all the model gets to learn from), on the right four query drawings it must then recognise. "
-                 "Characters from the evaluation alphabets, which training never sees; rotations count as new "
-                 "classes.")
+        with st.container(horizontal=True, gap="medium"):  # the text beside the task, or under it when narrow
+            with st.container(width=600):
+                # over task_picture's columns: a support drawing (28 px and a 4-px gap), a gap as wide, the queries
+                support, _, queries = st.columns([32, 32, 124], gap=None)
+                support.markdown("**Support**")
+                queries.markdown("**Query**: to recognise")
+                st.image(task_picture(task), width="stretch")
+            st.markdown("Each row is a class. On the left its one **support** drawing: all the model gets to learn "
+                        "the class from. On the right four **query** drawings of the same character, which the "
+                        "adapted model must then recognise among the five classes.\n\nThe characters come from "
+                        "the evaluation alphabets, which meta-training never sees; a character turned by 90, 180 or "
+                        "270 degrees counts as a new class.", width=300)
 
 st.subheader("The pages")
 st.markdown("""
@@ -83,4 +91,6 @@ st.markdown("""
   memory and accuracy. Past runs can be overlaid too.
 - **Draw**: invent five characters, draw them, let a meta-trained model adapt in a few gradient steps, and
   see it recognise a new drawing.
+- **Challenge**: do the model's job. Sort one-shot tasks of characters from alphabets nobody trained on, then
+  see the model's answers to the same tasks, and the room's score against it.
 """)

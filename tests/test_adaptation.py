@@ -3,6 +3,10 @@
 import copy
 import os
 import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
 
 import pytest
 import torch
@@ -11,9 +15,11 @@ from torch.func import functional_call
 
 from canvas_drawings import QUERY, SHAPES, canvas_image
 from fewshot import maml
-from fewshot.adaptation import (MAX_UPLOAD_NAME, adapt_and_classify, adaptation_settings, find_checkpoints,
-                                load_uploaded_checkpoint, omniglot_examples, idle_threads, upload_name)
-from fewshot.checkpoints import CheckpointError, checkpoint_metadata, save_checkpoint
+from fewshot.adaptation import (DEFAULT_CHECKPOINT, MAX_RUNS_OFFERED, MAX_UPLOAD_NAME, SHIPPED, UNFAMILIAR,
+                                adapt_and_classify, adaptation_settings, character_name, checkpoint_label,
+                                describe_checkpoint, find_checkpoints, idle_threads, load_uploaded_checkpoint, novelty,
+                                omniglot_examples, upload_name)
+from fewshot.checkpoints import CheckpointError, checkpoint_metadata, load_checkpoint, save_checkpoint
 from fewshot.config import Config
 from fewshot.drawing import drawing_to_ink
 from fewshot.models import build_model
@@ -145,28 +151,103 @@ def test_adaptation_settings_come_from_the_metadata():
     assert adaptation_settings(metadata)["steps"] == 1
 
 
-def test_checkpoints_on_offer_shipped_default_first_then_kept_then_runs_newest_first(tmp_path):
+def test_checkpoints_on_offer_shipped_default_first_then_kept_then_the_newest_runs_grouped(tmp_path):
     kept, runs = tmp_path / "checkpoints", tmp_path / "runs"
-    for path in (kept / "a.safetensors", kept / "maml-conv-5way.safetensors", kept / "z.safetensors",
-                 runs / "old" / "checkpoint.safetensors", runs / "new" / "checkpoint.safetensors"):
+    run_names = [f"run{i}" for i in range(MAX_RUNS_OFFERED + 2)]  # run0 the oldest
+    for path in [kept / "a.safetensors", kept / "fomaml-conv-5way.safetensors", kept / "maml-conv-5way.safetensors",
+                 kept / "z.safetensors"] + [runs / name / "checkpoint.safetensors" for name in run_names]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
-    os.utime(runs / "old" / "checkpoint.safetensors", (1, 1))
-    assert [p.relative_to(tmp_path).as_posix() for p in find_checkpoints(kept, runs)] == [
-        "checkpoints/maml-conv-5way.safetensors", "checkpoints/a.safetensors", "checkpoints/z.safetensors",
-        "runs/new/checkpoint.safetensors", "runs/old/checkpoint.safetensors"]
+    for age, name in enumerate(reversed(run_names)):
+        os.utime(runs / name / "checkpoint.safetensors", (1000 - age, 1000 - age))
+    found = find_checkpoints(kept, runs)
+    assert [checkpoint_label(path, kept) for path in found] == [
+        "Shipped: maml-conv-5way", "Shipped: fomaml-conv-5way", "Kept: a", "Kept: z"] + [
+        f"Run: {name}" for name in reversed(run_names[-MAX_RUNS_OFFERED:])]  # the newest runs only
+    assert found[-1] == runs / run_names[2] / "checkpoint.safetensors"
     assert find_checkpoints(tmp_path / "none", tmp_path / "none") == []
+
+
+def test_a_shipped_checkpoint_is_described_with_its_whole_training():
+    repo_checkpoints = Path(__file__).resolve().parents[1] / "checkpoints"
+    for name in SHIPPED:  # the table's iterations are those of the shipped files
+        assert load_checkpoint(repo_checkpoints / name)[1]["iterations"] == SHIPPED[name][0]
+    metadata = checkpoint_metadata(Config(algorithm="maml", ways=5, shots=1), iterations=9499)
+    assert "three phases" in describe_checkpoint(DEFAULT_CHECKPOINT, metadata)
+    assert "9,499 iterations of 5-way 1-shot" in describe_checkpoint("mine.safetensors", metadata)
+    other = checkpoint_metadata(Config(algorithm="maml", ways=5, shots=1), iterations=120)  # a file of that name
+    assert "120 iterations of 5-way 1-shot" in describe_checkpoint(DEFAULT_CHECKPOINT, other)
+    metadata["accuracy"] = {"5w1s": {"accuracy": 0.9717}}
+    assert describe_checkpoint("mine.safetensors", metadata).endswith("test accuracy 97% (5w1s)")
+
+
+def test_a_query_identical_to_a_support_drawing_has_novelty_zero(model, drawn_task):
+    support_x, support_y, query_x = drawn_task
+    params = dict(model.named_parameters())
+    queries = torch.cat([support_x[3:4], query_x])
+    scores = novelty(model, params, support_x, support_y, queries)
+    assert scores[0].item() == pytest.approx(0, abs=1e-4) and scores[1].item() > 0.01
+
+
+def test_novelty_is_the_nearest_supports_distance_over_the_mean_distance_between_classes(model, drawn_task):
+    """Computed apart: the features from a copy of the model without its classifier, distances pair by pair."""
+    support_x, support_y, query_x = drawn_task
+    headless = copy.deepcopy(model)
+    headless.classifier = torch.nn.Identity()
+    with torch.no_grad():
+        features = headless(torch.cat([support_x, query_x]), len(support_x))
+    supports, query = features[:-1], features[-1]
+    between = [(a - b).norm() for i, a in enumerate(supports) for j, b in enumerate(supports)
+               if support_y[i] != support_y[j]]
+    expected = min((query - a).norm() for a in supports) / (sum(between) / len(between))
+    found = novelty(model, dict(model.named_parameters()), support_x, support_y, query_x)
+    assert found.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def scribble(generator: np.random.Generator) -> torch.Tensor:
+    """A random scribble of one to three strokes, as drawn on the canvas: no character."""
+    image = Image.new("L", (140, 140), 255)
+    draw = ImageDraw.Draw(image)
+    for _ in range(generator.integers(1, 4)):
+        points = np.cumsum(generator.normal(0, 18, (generator.integers(3, 12), 2)), 0) + generator.uniform(30, 110, 2)
+        draw.line([tuple(point) for point in points.clip(5, 135)], fill=0, width=8, joint="curve")
+    return drawing_to_ink(np.asarray(image))
+
+
+def test_scribbles_are_unfamiliar_and_new_drawings_of_the_classes_are_not(omniglot):
+    """With the shipped model on 40 real 5-way 1-shot tasks of unseen alphabets: a new drawing of a support
+    character is flagged as maybe none of these far less often than a random scribble is."""
+    model, metadata = load_checkpoint(Path(__file__).resolve().parents[1] / "checkpoints" / DEFAULT_CHECKPOINT)
+    test = split_characters(omniglot, metadata["split"])["test"]
+    generator = np.random.default_rng(0)
+    flagged = {"in class": [], "scribble": []}
+    for seed in range(40):
+        support, query, _, _ = omniglot_examples(omniglot, test, ways=5, shots=1, seed=seed)
+        support_x, support_y = support.reshape(-1, 1, 28, 28), torch.arange(5)
+        queries = torch.stack([query, scribble(generator)])[:, None]
+        adaptation = adapt_and_classify(model, support_x, support_y, metadata["inner_lr"],
+                                        metadata["test_inner_steps"], queries)
+        scores = novelty(model, adaptation.params, support_x, support_y, queries)
+        flagged["in class"].append(scores[0].item() > UNFAMILIAR)
+        flagged["scribble"].append(scores[1].item() > UNFAMILIAR)
+    assert np.mean(flagged["in class"]) <= 0.3 and np.mean(flagged["scribble"]) >= 0.7, flagged
 
 
 def test_omniglot_examples_come_from_unseen_characters(omniglot):
     test = split_characters(omniglot, "lake")["test"]
     support, query, answer, names = omniglot_examples(omniglot, test, ways=5, shots=3, seed=1)
     assert support.shape == (5, 3, 28, 28) and query.shape == (28, 28) and 0 <= answer < 5
-    assert len(set(names)) == 5 and all(" / character" in name for name in names)
-    alphabets = {name.split(" / ")[0].replace(" ", "_") for name in names}
+    drawn = [next(c for c in test if omniglot.ink[c].eq(support[k, 0]).all(-1).all(-1).any()) for k in range(5)]
+    assert names == [character_name(omniglot, c) for c in drawn] and len(set(names)) == 5
+    alphabets = {name.rsplit(" #", 1)[0].replace(" ", "_") for name in names}
     assert alphabets <= {omniglot.alphabet(c) for c in test}
     character = [c for c in test if omniglot.ink[c].eq(support[answer, 0]).all(-1).all(-1).any()]
     drawings = omniglot.ink[character[0]]
     assert any(torch.equal(query, d) for d in drawings) and not any(torch.equal(query, s) for s in support[answer])
     again = omniglot_examples(omniglot, test, ways=5, shots=3, seed=1)
     assert torch.equal(again[0], support) and again[3] == names
+
+
+def test_character_names_keep_the_alphabet_and_the_character_number(omniglot):
+    slavonic = omniglot.characters.index("images_evaluation/Old_Church_Slavonic_(Cyrillic)/character12")
+    assert character_name(omniglot, slavonic) == "Old Church Slavonic (Cyrillic) #12"

@@ -69,9 +69,9 @@ def empty_slots(app: AppTest) -> int:
     return sum(caption.value == "empty" for caption in app.caption)
 
 
-def chart_data(app: AppTest, index: int) -> list:
-    """The y values of each trace of the page's index-th plotly chart."""
-    return [trace["y"] for trace in json.loads(app.get("plotly_chart")[index].proto.spec)["data"]]
+def chart_data(app: AppTest, index: int, axis: str = "y") -> list:
+    """The values along `axis` of each trace of the page's index-th plotly chart."""
+    return [trace[axis] for trace in json.loads(app.get("plotly_chart")[index].proto.spec)["data"]]
 
 
 def expected_adaptation(folders: Path) -> dict:
@@ -97,8 +97,8 @@ def expected_adaptation(folders: Path) -> dict:
 def test_draw_adapt_and_classify_end_to_end(folders):
     expected = expected_adaptation(folders)
     app = open_draw_page()
-    assert app.selectbox(key="draw_checkpoint").options[0].endswith(DEFAULT_CHECKPOINT)
-    assert "meta-trained on 5-way 1-shot tasks" in texts(app, "caption")
+    assert app.selectbox(key="draw_checkpoint").options[0] == "Shipped: " + DEFAULT_CHECKPOINT.removesuffix(".safetensors")
+    assert "meta-trained for three phases" in texts(app, "caption")  # its history, not its last phase's iterations
     draw_all_classes(app)
     app.run()
     assert not app.exception and not app.error
@@ -113,7 +113,7 @@ def test_draw_adapt_and_classify_end_to_end(folders):
     assert f"Support accuracy {first:.0%} → **{last:.0%}**" in text  # fifths: no rounding at stake
     shown_loss = re.search(r"loss (\S+) → \*\*(\S+)\*\*", text).groups()
     assert [float(loss) for loss in shown_loss] == pytest.approx(expected["loss"], abs=0.006)  # to 2 decimals
-    curves, bars = chart_data(app, 0), chart_data(app, 1)  # the inner loop's curves, the query's probabilities
+    bars, curves = chart_data(app, 0, axis="x"), chart_data(app, 1)  # the query's probabilities, the inner loop's curves
     assert [curves[0][0], curves[0][-1]] == pytest.approx(expected["loss"], rel=1e-4)
     assert [curves[1][0], curves[1][-1]] == pytest.approx(expected["accuracy"])
     assert bars[0] == pytest.approx(before, abs=1e-5) and bars[1] == pytest.approx(after, abs=1e-5)
@@ -127,6 +127,25 @@ def test_draw_adapt_and_classify_end_to_end(folders):
     draw(app, "0_0", SHAPES["X"])  # a changed support set needs a new adaptation
     app.run()
     assert "press **Adapt** again" in texts(app, "info") and "Prediction" not in texts(app, "markdown")
+
+
+# A scribble of none of the five shapes, which the adapted model still gives one class 99 %.
+ZIGZAG = [[(20, 30), (120, 50), (30, 90), (110, 120)], [(60, 20), (40, 130)]]
+
+
+def test_a_query_of_none_of_the_classes_is_called_maybe_none_of_these():
+    app = open_draw_page()
+    draw_all_classes(app)  # the query: a new circle
+    app.run()
+    button(app, "Adapt").click().run()
+    assert "Maybe none of these" not in texts(app, "warning")
+    assert "looks like your drawings" in texts(app, "caption")
+    draw(app, "query", ZIGZAG)
+    app.run()
+    assert not app.exception
+    [warning] = [w.value for w in app.warning if "Maybe none of these" in w.value]
+    winner = re.search(r"Prediction after adaptation: \*\*.+\*\* \((\d+%)\)", texts(app, "markdown")).group(1)
+    assert f"its {winner} only says which one is least unlike" in warning  # however sure the model is
 
 
 def test_names_settings_and_drawings_survive_another_page():
@@ -153,9 +172,8 @@ def test_a_class_without_drawing_and_a_blank_canvas_are_named():
     draw(app, "3_0", [], background=(255, 255, 255, 255))  # drawn, then erased: white, no ink
     app.run()
     assert empty_slots(app) == 2
-    button(app, "Adapt").click().run()
-    assert not app.exception
-    assert "Class 4, Class 5 have no drawing yet" in texts(app, "error")
+    assert button(app, "Adapt").disabled  # and the page says why, not "Press Adapt"
+    assert "Class 4, Class 5 have no drawing yet" in texts(app, "info") and "Press" not in texts(app, "info")
 
 
 def test_another_number_of_classes_than_the_checkpoints_is_explained():
@@ -164,6 +182,7 @@ def test_another_number_of_classes_than_the_checkpoints_is_explained():
     assert not app.exception
     assert "tells exactly 5 classes apart" in texts(app, "error")
     assert button(app, "Adapt").disabled
+    assert "Set Classes to 5 to adapt" in texts(app, "info") and "Press" not in texts(app, "info")
 
 
 def odd_metadata_checkpoint(path: Path) -> bytes:
@@ -222,7 +241,7 @@ def test_an_uploaded_checkpoint_is_used(folders):
     upload = (folders / "checkpoints" / DEFAULT_CHECKPOINT).read_bytes()
     app.get("file_uploader")[0].upload("mine.safetensors", upload).run()
     assert not app.exception and not app.error
-    assert "meta-trained on 5-way 1-shot tasks" in texts(app, "caption")
+    assert "meta-trained for 9,499 iterations of 5-way 1-shot tasks" in texts(app, "caption")  # not known as shipped
 
 
 def test_without_any_checkpoint_the_page_says_where_to_get_one(folders):
@@ -254,7 +273,7 @@ def test_fill_from_omniglot_draws_characters_the_checkpoint_never_saw_then_adapt
     button(app, "Fill from Omniglot").click().run()
     assert not app.exception and not app.error
     names = [app.text_input(key=f"draw_name_{c}").value for c in range(5)]
-    assert len(set(names)) == 5 and all(" / character" in name for name in names)
+    assert len(set(names)) == 5 and all(re.fullmatch(r".+ #\d\d", name) for name in names)
     assert empty_slots(app) == 0
     split = load_checkpoint(folders / "checkpoints" / DEFAULT_CHECKPOINT)[1]["split"]
     unseen = set(split_characters(omniglot, split)["test"])

@@ -12,7 +12,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from browser import ARTIFACTS, CHROMIUM, REPO, launch_chromium, served_app
+from browser import ARTIFACTS, CHROMIUM, REPO, launch_chromium, served_app, truncated_texts, visibility
 from canvas_drawings import QUERY, QUERY_NAME, SECOND_QUERY, SECOND_QUERY_NAME, SHAPES
 from fewshot.adaptation import DEFAULT_CHECKPOINT
 from waiting import wait_for
@@ -47,10 +47,20 @@ def app(tmp_path_factory):
 
 @pytest.fixture
 def page(app):
+    yield from draw_page(app, {"width": 1400, "height": 2600})  # the whole page, unscrolled
+
+
+@pytest.fixture
+def projector(app):
+    """The Draw page at 1024x768, a common projector's size, with the sidebar open."""
+    yield from draw_page(app, {"width": 1024, "height": 768})
+
+
+def draw_page(app, viewport: dict):
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
-        page = browser.new_page(viewport={"width": 1400, "height": 2600})  # the whole page, unscrolled
+        page = browser.new_page(viewport=viewport)
         page.set_default_timeout(TIMEOUT_MS)
         page.add_init_script(COUNT_RUNS)
         # The first visit after the server starts runs in Streamlit's legacy pages/ mode until app.py has
@@ -76,7 +86,7 @@ def test_five_drawn_characters_and_a_new_drawing_is_recognised(page):
 
     _rerun(page, page.get_by_role("button", name="Adapt").click)
     prediction = page.get_by_text(re.compile("^Prediction after adaptation"))
-    page.locator(".js-plotly-plot").nth(1).wait_for()  # the probabilities' bar chart
+    page.locator(".js-plotly-plot").nth(1).wait_for()  # both charts: the probabilities, the inner loop
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "draw-adapted.png", full_page=True)
     assert re.match(rf"Prediction after adaptation: {QUERY_NAME} \(\d+%\)", prediction.inner_text())
@@ -90,6 +100,7 @@ def test_five_drawn_characters_and_a_new_drawing_is_recognised(page):
 
     # Four classes hide the fifth row; back at five, the browser's canvases would show blank and the fifth name
     # would be gone. They are redrawn and kept, the support set is as it was, and the prediction stands.
+    page.get_by_text("Model and settings", exact=True).click()  # the settings' expander
     for ways in (4, 5):
         page.get_by_label("Classes (N ways)").fill(str(ways))
         _rerun(page, lambda: page.keyboard.press("Enter"))
@@ -106,6 +117,97 @@ def test_five_drawn_characters_and_a_new_drawing_is_recognised(page):
     assert [page.get_by_label(f"Class {c + 1}", exact=True).input_value() for c in range(len(SHAPES))] == list(SHAPES)
     assert "empty" not in page.locator("body").inner_text().split("\n")
     assert re.match(rf"Prediction after adaptation: {SECOND_QUERY_NAME} \(\d+%\)", prediction.inner_text())
+
+
+def test_on_a_projector_nothing_is_cut_and_the_query_is_in_the_first_two_screens(projector, data_root):
+    page = projector
+    sidebar = page.locator('[data-testid="stSidebar"]').bounding_box()
+    assert sidebar["x"] >= 0 and sidebar["width"] > 200  # open
+    canvases = page.locator("canvas.upper-canvas")
+    canvases.nth(len(SHAPES)).wait_for()
+    page.wait_for_selector(IDLE)
+    last = canvases.nth(len(SHAPES)).bounding_box()  # unscrolled: where it is on the page
+    assert last["y"] + last["height"] <= 2 * 768, last  # the five classes' canvases and the query's
+    for index in range(len(SHAPES) + 1):
+        seen = visibility(canvases.nth(index))
+        assert seen["problems"] == [] and min(seen["box"]["width"], seen["box"]["height"]) >= 140, (index, seen)
+    page.get_by_label("Class 1", exact=True).fill("Old Church Slavonic (Cyrillic) #38")  # the longest fill's
+    _rerun(page, lambda: page.keyboard.press("Enter"))
+    assert truncated_texts(page) == []  # no button label cut, no class name shown in part
+
+    _rerun(page, page.get_by_role("button", name="Fill from Omniglot").click)
+    _rerun(page, page.get_by_role("button", name="Adapt").click)
+    prediction = page.get_by_text(re.compile("^Prediction after adaptation"))
+    page.locator(".js-plotly-plot").nth(1).wait_for()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "draw-projector.png")
+    assert truncated_texts(page) == []
+    query = page.locator('[data-testid="stImage"]').nth(2 * len(SHAPES))  # after each class' drawing and its 28x28
+    prediction.scroll_into_view_if_needed()
+    beside, drawn = prediction.bounding_box(), query.bounding_box()
+    assert beside["x"] > drawn["x"] + drawn["width"] and abs(beside["y"] - drawn["y"]) < 200, (beside, drawn)
+
+
+def test_the_canvas_toolbar_covers_nothing_and_a_stroke_begun_as_the_pointer_enters_counts(projector):
+    """The toolbar of the third class' canvas, below the first's: shown, it covers no other element; before it
+    shows, a stroke started 10 px under the canvas' top edge at once is drawn, not taken by the hidden toolbar."""
+    page = projector
+    canvases = page.locator("canvas.upper-canvas")
+    canvases.nth(len(SHAPES)).wait_for()
+    page.wait_for_selector(IDLE)
+    canvas = canvases.nth(2)
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + 70, box["y"] - 60)  # above the canvas, then into it and drawing straight away
+    ended = _runs_ended(page)
+    page.mouse.move(box["x"] + 70, box["y"] + 10)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 110, box["y"] + 20, steps=4)
+    page.mouse.move(box["x"] + 110, box["y"] + 120, steps=4)
+    page.mouse.up()
+    _wait_for_a_run_since(page, ended)
+    page.wait_for_function("() => document.body.innerText.split('\\n').filter(l => l === 'empty').length === 5")
+
+    page.mouse.move(box["x"] + 70, box["y"] + 70)
+    page.wait_for_function(TOOLBAR_SHOWN, arg=canvas.element_handle())
+    covered = page.evaluate("""canvas => {
+        const toolbar = canvas.closest(".dc-root").querySelector(":scope > .dc-toolbar").getBoundingClientRect();
+        const canvases = [...document.querySelectorAll('[data-testid="stBidiComponentIsolated"]')]
+            .map(host => host.shadowRoot.querySelector("canvas.upper-canvas"));
+        const others = [...canvases, ...document.querySelectorAll("h1, h2, h3, input, button, img, p")];
+        return others.filter(e => { const r = e.getBoundingClientRect();
+            return r.width > 0 && r.left < toolbar.right && r.right > toolbar.left && r.top < toolbar.bottom
+                && r.bottom > toolbar.top; }).map(e => e.tagName + " " + (e.innerText || e.className));
+    }""", canvas.element_handle())
+    assert covered == []
+
+
+def test_the_app_fetches_nothing_from_beyond_its_server(app):
+    """A classroom's network may have no internet: the page icon and all else come from the app's server. Every
+    request elsewhere is refused and noted while Home and the Draw page load."""
+    from playwright.sync_api import sync_playwright
+    elsewhere = []
+
+    def only_the_app(route):
+        if route.request.url.startswith((app, "data:", "blob:")):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.route("**/*", only_the_app)
+        page.goto(app)
+        page.get_by_role("heading", name="Few-shot learning with MAML").wait_for()
+        page.reload()
+        page.get_by_role("link", name="Draw").click()
+        page.locator("canvas.upper-canvas").first.wait_for()
+        page.wait_for_selector(IDLE)
+        browser.close()
+    assert elsewhere == []
 
 
 def _draw(page, canvas, strokes: list, empty_after: int) -> None:
