@@ -8,7 +8,7 @@ import streamlit as st
 from fewshot import limits, runs
 from fewshot.config import Config
 from fewshot.plots import X_AXES, training_curves
-from fewshot.presets import PRESETS, preset
+from fewshot.presets import ABOUT, PRESETS, preset
 
 FORM_GROUPS = {
     "What is learned": ("algorithm", "backbone", "channels", "blocks"),
@@ -36,6 +36,7 @@ def preset_picker(prefix: str) -> tuple[str, Config]:
     """A preset menu; returns the preset's name and Config, the defaults of config_fields."""
     name = st.selectbox("Preset", list(PRESETS), key=f"{prefix}_preset", persist_state="session",
                         help="Fills the form below; change any field before pressing Start.")
+    st.caption(ABOUT[name])
     return name, preset(name)
 
 
@@ -64,6 +65,21 @@ def make_config(prefix: str, preset_name: str, exclude: tuple = ()) -> Config:
                      for name in FORM_FIELDS if name not in exclude})
 
 
+def form_expander(label: str, prefix: str):
+    """The expander that holds a page's form. A successful Start closes it (_start_pressed), so that the page
+    shrinks to the run it started, shown above it; clicking its label opens it again."""
+    return st.expander(label, expanded=True, key=f"{prefix}_form_open", on_change="rerun")
+
+
+def concurrent_note(all_runs: list) -> None:
+    """A note inside the form, above Start, when runs are training already: one more shares the cores."""
+    running = [run.name for run in all_runs if run.is_running()]
+    if running:
+        st.warning(f"Training now: {', '.join(running)}. Start adds a run beside "
+                   f"{'it' if len(running) == 1 else 'them'}: they share this server's cores, and each goes slower "
+                   f"(at most {limits.max_runs()} at once).", icon=":material/warning:")
+
+
 def start_button(label: str, prefix: str, preset_name: str, start, disabled: bool, exclude: tuple = ()) -> None:
     """The form's submit button. Pressed, it makes a Config of the form's values and calls `start(config)`,
     which starts runs and returns what to say, or raises ValueError saying why not; start_message shows it.
@@ -77,22 +93,43 @@ def start_button(label: str, prefix: str, preset_name: str, start, disabled: boo
 
 
 def start_message(prefix: str) -> None:
-    """What the last press of the Start button did, shown once."""
+    """What the last press of the Start button (or of Evaluate now) did, shown once."""
     kind, text = st.session_state.pop(f"{prefix}_start_message", (None, None))
     if kind == "error":
         st.error(text, icon=":material/block:")
     elif kind == "success":
         st.success(text, icon=":material/play_circle:")
+        st.toast(text, icon=":material/play_circle:")  # seen wherever the page is scrolled
 
 
 def _start_pressed(prefix: str, preset_name: str, start, exclude: tuple) -> None:
     try:
         message = ("success", start(make_config(prefix, preset_name, exclude)))
+        st.session_state[f"{prefix}_form_open"] = False  # the run, above the form, in view
     except (ValueError, OSError) as error:  # OSError: the runs folder cannot be written
-        lines = str(error).splitlines()
-        message = ("error", f"Cannot start: {lines[0]}" if len(lines) == 1 else
-                   "Cannot start:\n" + "\n".join(f"- {line}" for line in lines))
+        message = ("error", cannot("start", error))
     st.session_state[f"{prefix}_start_message"] = message
+
+
+def cannot(what: str, error: Exception) -> str:
+    """'Cannot start: ...', the problems that the error names (limits' come one a line) in a list when several."""
+    problems = str(error).splitlines()
+    return (f"Cannot {what}: {problems[0]}" if len(problems) == 1 else
+            f"Cannot {what}:\n" + "\n".join(f"- {problem}" for problem in problems))
+
+
+def stop_button(running: list, key: str, label: str = "Stop") -> None:
+    """Stops the `running` runs. The press stops them in its callback, first thing in the rerun it causes,
+    so the button shows "Stopping ..." (disabled) at once, before anything else is drawn."""
+    stopping = all((run.path / runs.STOP_REQUESTED).exists() for run in running)
+    st.button("Stopping ..." if stopping else label, key=key, type="primary", disabled=stopping, on_click=_stop,
+              args=(running,),
+              help="Each run finishes its iteration, saves its checkpoint and ends.")
+
+
+def _stop(running: list) -> None:
+    for run in running:
+        runs.stop(run)
 
 
 def run_status(run: runs.Run, status: str) -> None:
@@ -125,29 +162,46 @@ def x_axis_choice(key: str) -> str:
     return st.radio("x axis", list(X_AXES), horizontal=True, key=key)
 
 
-def curves_chart(series: dict, x: str, ways: int | None, key: str) -> None:
-    st.plotly_chart(training_curves(series, x, chance=1 / ways if ways else None), key=key, width="stretch")
+def curves_chart(series: dict, x: str, ways: int | None, key: str, height: int = 300) -> None:
+    """The runs' loss and accuracy, side by side. Each chart keeps its key and spec from one redraw to the next
+    (plots.training_curves), so the browser updates it in place: no blank frame while runs train."""
+    for column, metric in zip(st.columns(2), ("loss", "accuracy")):
+        spec, rows = training_curves(series, metric, x, chance=1 / ways if ways and metric == "accuracy" else None,
+                                     height=height)
+        with column:
+            st.vega_lite_chart(rows, spec, key=f"{key}_{metric}", width="stretch")
 
 
-def live(refresh: bool):
-    """st.fragment redrawn every second while `refresh` (some run is running), else drawn once."""
-    return st.fragment(run_every=1.0 if refresh else None)
+def live(refresh: bool, every: float = 1.0):
+    """st.fragment redrawn every `every` seconds while `refresh` (some run is running), else drawn once."""
+    return st.fragment(run_every=every if refresh else None)
 
 
 def _widget_key(prefix: str, preset_name: str, name: str) -> str:
     return f"{prefix}_{preset_name}_{name}"
 
 
+def field_label(name: str) -> str:
+    """The form's label of a Config field: plain words tied to the paper's symbols (config.py), else its name."""
+    return FIELDS[name].metadata["label"] or name.replace("_", " ")
+
+
+def field_help(name: str) -> str:
+    """The field's help, with the name that the command line and config.json use."""
+    return f"{FIELDS[name].metadata['help']}. Option `{name}` (`--{name.replace('_', '-')}` on the command line)."
+
+
 def _field_widget(key: str, name: str, default) -> None:
     field = FIELDS[name]
-    label, kept = name.replace("_", " "), {"key": key, "persist_state": "session", "help": field.metadata["help"]}
+    label, kept = field_label(name), {"key": key, "persist_state": "session", "help": field_help(name)}
     if field.metadata.get("choices"):
         choices = field.metadata["choices"]
         st.selectbox(label, choices, index=choices.index(default), **kept)
     elif isinstance(field.default, int):
         maximum = limits.maximum(name)  # this server's (fewshot/limits.py)
         value = default if maximum is None else min(default, maximum)  # a preset over a limit an instructor lowered
-        st.number_input(label, min_value=0, max_value=maximum, value=value, step=1, **kept)
+        st.number_input(label, min_value=field.metadata["at_least"] or 0, max_value=maximum, value=value, step=1,
+                        **kept)
     else:
         st.number_input(label, min_value=0.0, value=float(default), step=FLOAT_STEPS.get(name, 0.01), format="%g",
                         **kept)

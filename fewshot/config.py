@@ -32,52 +32,60 @@ def default_data_root() -> str:
     return str(candidates[0])
 
 
-def _option(default, help: str, choices=None, at_least=None, above=None, at_most=None):
-    """A Config field: its default, its help, and the values it takes (choices, or bounds for a number)."""
+def _option(default, help: str, choices=None, at_least=None, above=None, at_most=None, label=None):
+    """A Config field: its default, its help, the values it takes (choices, or bounds for a number), and its
+    label in the app's form, in plain words tied to the paper's symbols (None: the field's name)."""
     return field(default=default, metadata={"help": help, "choices": choices, "at_least": at_least,
-                                            "above": above, "at_most": at_most})
+                                            "above": above, "at_most": at_most, "label": label})
 
 
 @dataclass
 class Config:
     # What is learned
     algorithm: str = _option("maml", "maml (second order) or fomaml (first-order MAML)", ("maml", "fomaml"))
-    backbone: str = _option("conv", "conv (strided 3x3 convs) or fc (784-256-128-64-64)", ("conv", "fc"))
+    backbone: str = _option("conv", "conv (strided 3x3 convs) or fc (784-256-128-64-64)", ("conv", "fc"),
+                            label="network")
     channels: int = _option(64, "conv: channels per block", at_least=1, at_most=1024)
-    blocks: int = _option(4, "conv: number of conv blocks", at_least=1, at_most=8)
+    blocks: int = _option(4, "conv: number of conv blocks", at_least=1, at_most=8, label="conv blocks")
     # The tasks
-    ways: int = _option(5, "classes per task (N)", at_least=2, at_most=1000)
-    shots: int = _option(1, "support examples per class (K)", at_least=1, at_most=DRAWINGS_PER_CHARACTER - 1)
-    queries: int = _option(5, "query examples per class, used for the outer loss", at_least=1)
+    ways: int = _option(5, "classes per task (N)", at_least=2, at_most=1000, label="classes per task N")
+    shots: int = _option(1, "support examples per class (K)", at_least=1, at_most=DRAWINGS_PER_CHARACTER - 1,
+                         label="examples per class K")
+    queries: int = _option(5, "query examples per class, used for the outer loss", at_least=1,
+                           label="queries per class")
     split: str = _option("lake", "lake (background/evaluation alphabets) or maml-paper (1200/423 characters)",
-                         ("lake", "maml-paper"))
+                         ("lake", "maml-paper"), label="character split")
     augment: str = _option("none", "random changes to each meta-training drawing: none, or affine (shift up to "
-                                   "2 pixels, scale by 0.9 to 1.1, rotate up to 10 degrees)", ("none", "affine"))
+                                   "2 pixels, scale by 0.9 to 1.1, rotate up to 10 degrees)", ("none", "affine"),
+                         label="augmentation")
     data_root: str = _option("", "folder holding omniglot-py/ (default: env FEWSHOT_DATA, ./data/omniglot, ../shared/omniglot)")
     # The inner loop: theta'_i = theta - inner_lr * grad L_Ti(theta), inner_steps times
     inner_steps: int = _option(1, "gradient steps on each task's support set while meta-training", at_least=0,
-                               at_most=100)
-    inner_lr: float = _option(0.4, "inner-loop learning rate (alpha)", at_least=0, at_most=100)
+                               at_most=100, label="inner steps")
+    inner_lr: float = _option(0.4, "inner-loop learning rate (alpha)", at_least=0, at_most=100,
+                              label="inner step size α")
     # The outer loop: theta <- Adam(theta, grad sum_i L_Ti(theta'_i))
-    outer_lr: float = _option(0.001, "Adam learning rate of the meta-update (beta)", above=0)
-    meta_batch: int = _option(32, "tasks per meta-update", at_least=1)
-    iterations: int = _option(1000, "meta-updates in total", at_least=1, at_most=10**9)
+    outer_lr: float = _option(0.001, "Adam learning rate of the meta-update (beta)", above=0,
+                              label="outer step size β")
+    meta_batch: int = _option(32, "tasks per meta-update", at_least=1, label="tasks per meta-update")
+    iterations: int = _option(1000, "meta-updates in total", at_least=1, at_most=10**9, label="meta-updates")
     engine: str = _option("fewshot", "fewshot (torch.func, vmapped) or learn2learn (the notebook's loop)",
-                          ("fewshot", "learn2learn"))
+                          ("fewshot", "learn2learn"), label="meta-gradient code")
     device: str = _option("auto", "where to meta-train: auto (a CUDA GPU if torch sees one, else the CPU), cpu "
                                   "or cuda", ("auto", "cpu", "cuda"))
     seed: int = _option(0, "seed of the initial weights and of the task sequence", at_least=0, at_most=MAX_SEED)
     init_from: str = _option("", "checkpoint whose weights start the run instead of random ones; a classifier "
                                  "for another number of ways starts random (default: none)")
     # Monitoring
-    val_every: int = _option(25, "iterations between validations", at_least=1)
-    val_tasks: int = _option(64, "held-out tasks per validation", at_least=1)
+    val_every: int = _option(25, "iterations between validations", at_least=1, label="validate every")
+    val_tasks: int = _option(64, "held-out tasks per validation", at_least=1, label="validation tasks")
     probe_every: int = _option(25, "iterations between measurements of how far first-order MAML's meta-gradient "
                                    "is from MAML's, on the meta-batch being trained (Compare page); maml runs of "
-                                   "engine fewshot only, not counted in the run's seconds (0: never)", at_least=0)
-    checkpoint_every: int = _option(100, "iterations between checkpoints", at_least=1)
-    test_tasks: int = _option(600, "test tasks for the final evaluation (0 skips it)", at_least=0)
-    test_inner_steps: int = _option(3, "inner steps at test time", at_least=0, at_most=100)
+                                   "engine fewshot only, not counted in the run's seconds (0: never)", at_least=0,
+                             label="1st vs 2nd order every")
+    checkpoint_every: int = _option(100, "iterations between checkpoints", at_least=1, label="save every")
+    test_tasks: int = _option(600, "test tasks for the final evaluation (0 skips it)", at_least=0, label="test tasks")
+    test_inner_steps: int = _option(3, "inner steps at test time", at_least=0, at_most=100, label="test inner steps")
 
     def __post_init__(self):
         """ValueError naming every field that is wrong, all in one message (the app's form shows it)."""

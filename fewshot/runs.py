@@ -29,13 +29,20 @@ from pathlib import Path
 from . import files, limits, metrics
 from .config import REPO_ROOT, Config
 from .omniglot import SETS
-from .training import CHECKPOINT, CONFIG, EVALUATION, METRICS
+from .training import CHECKPOINT, CONFIG, EVALUATION, METRICS, TRAINING_STATE
 
 LAUNCH, STOP_REQUESTED, LOG = "launch.json", "stop_requested", "train.log"
 START_LOCK = ".start.lock"  # in the runs folder: held while runs are counted and one starts (admission)
 RUNNING, FINISHED, STOPPED, FAILED = "running", "finished", "stopped", "failed"
 CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_READERS = 64  # metrics readers kept, for the runs read last; each holds its run's records (59,000: 47 MB)
+TRAINING_NICENESS = 10  # runs yield the cores to the web server: a click is answered at once, charts keep pace
+# What a fair comparison of MAML and FOMAML may differ in besides the algorithm: where the data is, and how
+# often the run is validated, saved, probed, and how it is tested. Anything else changes what is learned or
+# how fast (the engine, the device), so a difference would be read as the algorithms'.
+NOT_COMPARED = ("algorithm", "data_root", "val_every", "val_tasks", "checkpoint_every", "probe_every", "test_tasks",
+                "test_inner_steps")
+LAST_VALIDATIONS = 5  # takeaway: the accuracy gap is averaged over the runs' last validations in common
 
 OMNIGLOT_HELP = """\
 Omniglot is not at `{root}`. To get it, either:
@@ -173,10 +180,24 @@ class Run:
         return self.launch().get("comparison")
 
     def label(self) -> str:
-        """One line for menus: name, algorithm and task. It never changes while the run goes on, as a menu's
-        choice is matched by its label on the next rerun."""
+        """One line for menus: the name (with the algorithm and task, where the name does not say them: an
+        older run's), the iterations asked for, and whether it is running. Menus that show it are keyed, so
+        that their choice survives the label's change when the run ends."""
         config = self.config()
-        return f"{self.name} · {config.algorithm} {config.ways}-way {config.shots}-shot · {config.iterations} it"
+        task = short_description(config)
+        name = self.name if self.name.startswith(task) else f"{self.name} · {task}"
+        return f"{name} · {config.iterations:,} it" + (" · ● running" if self.is_running() else "")
+
+
+def short_description(config: Config) -> str:
+    """'maml-5w1s': the algorithm, ways and shots, as run names begin."""
+    return f"{config.algorithm}-{config.ways}w{config.shots}s"
+
+
+def run_name(config: Config, when: float | None = None) -> str:
+    """A run's folder name that says what it trains and when it started: 'maml-5w1s-1022' (10:22, local time).
+    _new_run_dir adds -2, -3, ... where the name is taken."""
+    return f"{short_description(config)}-{time.strftime('%H%M', time.localtime(when))}"
 
 
 def progress(records: list, iterations: int, meta_batch: int, window: int = 20) -> Progress:
@@ -199,11 +220,10 @@ def summary(run: Run) -> dict:
     """What the Compare page tabulates for a run: its cost per iteration, memory, and accuracy."""
     config, records, evaluation = run.config(), run.metrics(), run.evaluation()
     validation = [r for r in records if "val_accuracy" in r]
-    memory = [r["peak_memory_mb"] for r in records if "peak_memory_mb" in r]
     return {"run": run.name, "algorithm": config.algorithm, "status": run.status(),
             "iterations": records[-1]["iteration"] if records else 0,
             "seconds_per_iteration": seconds_per_iteration(records),
-            "peak_memory_mb": max(memory) if memory else None,
+            "training_memory_mb": training_memory_mb(records),
             "val_accuracy": validation[-1]["val_accuracy"] if validation else None,
             "test_accuracy": evaluation["accuracy"] if evaluation else None,
             "test_ci95": evaluation["ci95"] if evaluation else None}
@@ -213,6 +233,70 @@ def seconds_per_iteration(records: list) -> float | None:
     """The median time of a meta-update, leaving out the iterations that also validated."""
     times = sorted(b["seconds"] - a["seconds"] for a, b in zip(records, records[1:]) if "val_loss" not in b)
     return times[len(times) // 2] if times else None
+
+
+def training_memory_mb(records: list) -> float | None:
+    """The peak memory of the run's meta-updates (training.reset_peak_memory): what the records say up to the
+    first iteration that also validated or probed, whose larger batches of tasks would hide the algorithm's
+    needs. None for runs recorded before this was measured (the shipped ones)."""
+    memory = []
+    for record in records:
+        if "training_memory_mb" in record:
+            memory.append(record["training_memory_mb"])
+        if "val_loss" in record or "probe" in record:
+            break
+    return max(memory) if memory else None
+
+
+def differences(a: Run, b: Run) -> list:
+    """What else than NOT_COMPARED differs between two runs' configurations: ['iterations 19538 / 9429', ...]."""
+    first, second = a.config().to_dict(), b.config().to_dict()
+    return [f"{name} {first[name]} / {second[name]}" for name in first
+            if name not in NOT_COMPARED and first[name] != second[name]]
+
+
+def maml_and_fomaml(selected: list) -> tuple | None:
+    """(the MAML run, the FOMAML run) when `selected` is one of each, else None."""
+    algorithms = [run.config().algorithm for run in selected]
+    if sorted(algorithms) != ["fomaml", "maml"]:
+        return None
+    return (selected[0], selected[1]) if algorithms[0] == "maml" else (selected[1], selected[0])
+
+
+def fair_pair(runs: list) -> list:
+    """[MAML run, FOMAML run]: the newest among `runs` (newest first) that differ in nothing but NOT_COMPARED,
+    the iterations asked for included, the two runs of one comparison first; [] when there are none. The
+    Compare page shows them when nothing is chosen: runs of unequal training side by side would pass the
+    difference for the algorithms'."""
+    pairs = [maml_and_fomaml([run, other]) for index, run in enumerate(runs) for other in runs[index + 1:]]
+    fair = [pair for pair in pairs if pair and not differences(*pair)]
+    together = [pair for pair in fair if pair[0].comparison() and pair[0].comparison() == pair[1].comparison()]
+    return list((together or fair or [()])[0])
+
+
+def takeaway(maml: Run, fomaml: Run) -> str | None:
+    """One line, computed from the two runs' records, on what second order costs and buys: 'MAML: 38 % slower
+    per iteration, 55 MB more memory for a meta-update, 2.1 points higher validation accuracy at equal iterations (...)'; None
+    while there is nothing to compare yet."""
+    first, second = maml.metrics(), fomaml.metrics()
+    parts = []
+    pace = seconds_per_iteration(first), seconds_per_iteration(second)
+    if all(pace):
+        ratio = pace[0] / pace[1] - 1
+        parts.append(f"{abs(100 * ratio):.0f} % {'slower' if ratio >= 0 else 'faster'} per iteration")
+    memory = training_memory_mb(first), training_memory_mb(second)
+    if None not in memory:
+        gap = memory[0] - memory[1]
+        parts.append(f"{abs(gap):.0f} MB {'more' if gap >= 0 else 'less'} memory for a meta-update")
+    accuracy = {r["iteration"]: r["val_accuracy"] for r in second if "val_accuracy" in r}
+    common = [(r["val_accuracy"], accuracy[r["iteration"]], r["iteration"]) for r in first
+              if "val_accuracy" in r and r["iteration"] in accuracy][-LAST_VALIDATIONS:]
+    if common:
+        gap = 100 * sum(ours - theirs for ours, theirs, _ in common) / len(common)
+        mean = f"mean of the last {len(common)} validations" if len(common) > 1 else "one validation"
+        parts.append(f"{abs(gap):.1f} points {'higher' if gap >= 0 else 'lower'} validation accuracy at equal "
+                     f"iterations ({mean}, up to iteration {common[-1][2]:,})")
+    return "MAML: " + ", ".join(parts) + "." if parts else None
 
 
 def shipped_runs_root() -> Path:
@@ -237,7 +321,8 @@ def start(config: Config, root: Path | None = None, threads: int = 1) -> Run:
     `threads`: the process' torch threads (OMP_NUM_THREADS). One by default: on a two-core machine that is also
     serving the app and drawing its charts, two threads per run were 13 times slower than one (the quick class
     demo, 3.1 against 0.23 s per meta-update, with other work on the cores), their OpenMP threads waiting for
-    each other whenever a core is taken.
+    each other whenever a core is taken. The process runs at a lower priority (TRAINING_NICENESS) than the web
+    server, so that the pages answer at once while runs take every core.
     """
     root = Path(root or runs_root()).resolve()
     with admission([config], root):
@@ -251,7 +336,7 @@ def start_comparison(config: Config, root: Path | None = None) -> list:
     their seconds per iteration compare fairly. Both start, or neither (a ValueError, as for start).
     """
     root = Path(root or runs_root()).resolve()
-    comparison = time.strftime("%Y%m%d-%H%M%S") + "-compare"
+    comparison = time.strftime("%Y%m%d-%H%M%S") + "-compare"  # the pair's id, in launch.json
     configs = [Config.from_dict({**config.to_dict(), "algorithm": algorithm}) for algorithm in ("maml", "fomaml")]
     with admission(configs, root):
         return [_launch(config, root, comparison) for config in configs]
@@ -286,19 +371,48 @@ def admission(configs: list, root: Path):
 
 
 def _launch(config: Config, root: Path, comparison: str | None = None, threads: int = 1) -> Run:
-    """Starts the training process of `config` in a new run directory under `root`, named after the comparison
-    or the time, and the algorithm."""
-    run_dir = _new_run_dir(root, f"{comparison or time.strftime('%Y%m%d-%H%M%S')}-{config.algorithm}")
-    command = [sys.executable, "-m", "fewshot", "train", "--run-dir", str(run_dir)] + config_arguments(config)
+    """Starts the training process of `config` in a new run directory under `root` (named by run_name)."""
+    started = time.time()
+    run_dir = _new_run_dir(root, run_name(config, started))
+    _spawn(run_dir, config_arguments(config), config, started, comparison, threads)
+    return Run(run_dir)
+
+
+def _spawn(run_dir: Path, arguments: list, config: Config, started: float, comparison: str | None,
+           threads: int = 1) -> None:
+    """Runs `python -m fewshot train --run-dir run_dir arguments` in the background, and writes launch.json."""
+    command = [sys.executable, "-m", "fewshot", "train", "--run-dir", str(run_dir)] + arguments
     environment = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                        TQDM_MININTERVAL="10")  # the log gets a progress line every 10 s, not every iteration
-    with open(run_dir / LOG, "wb") as log:
+    with open(run_dir / LOG, "ab") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-    launch = {"pid": process.pid, "started": time.time(), "command": command, "config": config.to_dict(),
+    try:  # before torch starts its threads, which inherit the priority
+        os.setpriority(os.PRIO_PROCESS, process.pid, TRAINING_NICENESS)
+    except OSError:  # the process ended already: its status says why
+        pass
+    launch = {"pid": process.pid, "started": started, "command": command, "config": config.to_dict(),
               "comparison": comparison, "threads": threads}
     files.write_text(run_dir / LAUNCH, json.dumps(launch, indent=2) + "\n")
-    return Run(run_dir)
+
+
+def evaluate_now(run: Run) -> None:
+    """Measures a stopped run's test accuracy on its last checkpoint, in a process of its own, as the end of a
+    finished run does: the run resumes with its iterations cut to those it did, so meta-training has nothing
+    left and training.finish evaluates it (test_tasks tasks) and writes evaluation.json. The status reads
+    running meanwhile, then finished; Stop ends it. ValueError when the run cannot be evaluated, or when as
+    many runs are training as this server allows (admission)."""
+    done, config = run.progress().iteration, run.config()
+    if run.status() != STOPPED or done == 0 or not (run.path / TRAINING_STATE).exists():
+        raise ValueError(f"Run {run.name} has no saved state to evaluate: only a run stopped after its first "
+                         "iteration has one.")
+    if config.test_tasks == 0:
+        raise ValueError(f"Run {run.name} was started with test tasks 0: it asks for no test evaluation.")
+    evaluated = Config.from_dict({**config.to_dict(), "iterations": done})
+    with admission([evaluated], run.path.parent):
+        (run.path / STOP_REQUESTED).unlink(missing_ok=True)
+        _spawn(run.path, ["--resume", "--iterations", str(done)], evaluated, run.started(), run.comparison(),
+               run.launch().get("threads", 1))
 
 
 def stop(run: Run) -> None:

@@ -130,6 +130,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop, should_stop, on_re
     val_batch = samplers["val"].sample(config.val_tasks, seed=task_seed(config.seed, 0)).to(device=device)
     meta_backward = meta_backward_of(config.engine)
     saver = stop.saves_with(_Saver(run_dir, model, optimizer, config, start))
+    baseline_mb = reset_peak_memory()  # the process before its first meta-update: data, model, libraries
 
     records, iteration = [], start
     bar = tqdm(total=config.iterations, initial=start, desc=f"{config.algorithm} {config.ways}w{config.shots}s",
@@ -143,6 +144,8 @@ def _train(config: Config, run_dir: Path, resume: bool, stop, should_stop, on_re
             optimizer.zero_grad()
             loss, accuracy = meta_backward(model, batch, config.inner_lr, config.inner_steps, config.first_order)
             record = {"iteration": iteration, "train_loss": loss, "train_accuracy": accuracy}
+            if baseline_mb is not None:  # read before this iteration's probe and validation
+                record["training_memory_mb"] = round(_status_mb("VmHWM") - baseline_mb, 1)
             probe_seconds = 0.0
             if probes(config, iteration):  # first against second order, on this batch, before the update
                 record["probe"] = measure_probe(model, batch, config)
@@ -210,8 +213,34 @@ def finish(run_dir: Path, model, config: Config, test_sampler: TaskSampler, prog
 
 
 def peak_memory_mb() -> float:
-    """This process' peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    """This process' peak resident memory so far (Linux reports ru_maxrss in KiB); since reset_peak_memory, once
+    that has run."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def reset_peak_memory() -> float | None:
+    """Sets this process' peak resident memory to its resident memory now, and returns that in MB; None where
+    Linux's /proc cannot do it.
+
+    Records then carry training_memory_mb, the peak since minus this baseline, read right after the meta-update:
+    the memory that meta-training itself needed (a meta-update's activations and, for MAML, the second-order
+    graph), without the dataset and the libraries (about 1.2 GB) that the whole process' peak includes. The peak
+    only grows, and memory freed stays with the process (memory.py): once a validation or a probe has run, the
+    figure includes theirs (runs.training_memory_mb reads it before).
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak resident set size (Linux 4.0)
+        return _status_mb("VmRSS")
+    except (OSError, ValueError):
+        return None
+
+
+def _status_mb(key: str) -> float:
+    """A memory figure of /proc/self/status (VmRSS: resident now, VmHWM: its peak), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no {key} in /proc/self/status")
 
 
 class _Saver:

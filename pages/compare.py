@@ -1,9 +1,17 @@
-"""Compare: MAML and first-order MAML from the same initial weights on the same tasks, side by side."""
+"""Compare: MAML and first-order MAML from the same initial weights on the same tasks, side by side.
+
+The runs shown come first, with a one-line takeaway and their curves in the first screen; the form follows."""
 
 import streamlit as st
 
 from fewshot import plots, runs
 import app_ui as ui
+
+MENU = "compare_runs_menu"  # the run menu's key: the runs shown
+MISSING = "—"
+# Seconds between redraws of the first- against second-order charts while runs train. They are plotly figures,
+# which Streamlit re-creates (blank for a moment) whenever they change; a probe comes every probe_every iterations.
+PROBE_REFRESH = 30.0
 
 
 def curve_labels(selected: list) -> dict:
@@ -14,23 +22,33 @@ def curve_labels(selected: list) -> dict:
 
 
 def table_row(summary: dict) -> dict:
-    """A run's summary (runs.summary) as the table shows it."""
-    def percent(value):
-        return None if value is None else round(100 * value, 1)
+    """A run's summary (runs.summary) as the table shows it: text, a dash where there is no figure."""
+    def shown(value, text, scale=1):
+        return MISSING if value is None else text.format(scale * value)
 
     test = (f"{100 * summary['test_accuracy']:.1f} ± {100 * summary['test_ci95']:.1f}"
-            if summary["test_accuracy"] is not None else None)
-    seconds = summary["seconds_per_iteration"]
-    return {"run": summary["run"], "algorithm": summary["algorithm"], "status": summary["status"],
-            "iterations": summary["iterations"], "s / iteration": None if seconds is None else round(seconds, 3),
-            "peak memory (MB)": summary["peak_memory_mb"], "final val accuracy (%)": percent(summary["val_accuracy"]),
-            "test accuracy (%, 95 % interval)": test}
+            if summary["test_accuracy"] is not None else MISSING)
+    return {"run": summary["run"], "status": summary["status"], "iterations": f"{summary['iterations']:,}",
+            "s / it": shown(summary["seconds_per_iteration"], "{:.3f}"),
+            "memory MB": shown(summary["training_memory_mb"], "{:.0f}"),
+            "val %": shown(summary["val_accuracy"], "{:.1f}", scale=100),
+            "test %": test}
+
+
+TABLE_HELP = {
+    "s / it": "Median seconds of a meta-update, validation iterations left out.",
+    "memory MB": "The training's own memory: the process' peak resident memory above what it held before its first "
+                 "meta-update (dataset, model, libraries). A dash: recorded before this was measured.",
+    "val %": "The last validation accuracy.",
+    "test %": "Test accuracy with its 95 % interval, once the run has finished (or been evaluated).",
+}
 
 
 def probe_view(series: dict, key: str) -> None:
     """The first- against second-order measurements of each run that has some, or how to get them."""
     probed = {label: records for label, records in series.items() if any("probe" in r for r in records)}
-    st.markdown("**First against second order**, measured on the tasks MAML trains on")
+    st.markdown("**First against second order**, measured on the tasks MAML trains on (redrawn every "
+                f"{PROBE_REFRESH:.0f} s while runs train)")
     if not probed:
         st.caption("No measurements in these runs: a MAML run records them every probe_every iterations "
                    "(under Monitoring and engine in the form; --probe-every on the command line).")
@@ -46,79 +64,107 @@ term steers MAML's update and first order would step elsewhere.
 
 
 def start_comparison(config) -> str:
-    st.session_state.compare_runs = [run.name for run in runs.start_comparison(config)]  # the runs to show
-    return f"Started runs {' and '.join(st.session_state.compare_runs)}."
+    st.session_state[MENU] = [run.name for run in runs.start_comparison(config)]  # the runs to show
+    return f"Started runs {' and '.join(st.session_state[MENU])}: their progress and curves are below."
 
 
-st.title("Compare: MAML and first-order MAML")
+def chosen_runs(all_runs: list) -> list:
+    """The run menu, when there are runs; returns the runs chosen. At first, the newest fair pair
+    (runs.fair_pair), or none."""
+    by_name = {run.name: run for run in all_runs}
+    if MENU not in st.session_state:
+        st.session_state[MENU] = [run.name for run in runs.fair_pair(all_runs)]
+    deleted = [name for name in st.session_state[MENU] if name not in by_name]
+    for name in deleted:  # shown before, listed no more: its folder was deleted
+        st.warning(f"Run {name} was deleted.", icon=":material/delete:")
+    if deleted:
+        st.session_state[MENU] = [name for name in st.session_state[MENU] if name in by_name]
+    if not all_runs:
+        return []
+    chosen = st.multiselect("Runs to overlay", list(by_name), format_func=lambda name: by_name[name].label(),
+                            key=MENU, persist_state="session",
+                            help="Any past or running runs (● running); a new comparison is chosen for you.")
+    return [by_name[name] for name in chosen]
+
+
+def comparison_view(selected: list) -> None:
+    """The chosen runs' progress, takeaway, curves, first- against second-order measurements and table."""
+    statuses = {run.name: run.status() for run in selected}
+    pair = runs.maml_and_fomaml(selected)
+    if pair and runs.differences(*pair):
+        st.warning("These runs differ in more than the algorithm (" + "; ".join(runs.differences(*pair)) +
+                   "): the gap below is not the algorithms' alone.", icon=":material/balance:")
+
+    @ui.live(refresh=runs.RUNNING in statuses.values(), every=2.0)
+    def live_view():
+        try:
+            now = {run.name: run.status() for run in selected}
+            running = [run for run in selected if now[run.name] == runs.RUNNING]
+            progress, stop = st.columns([5, 2], vertical_alignment="center")
+            with progress:
+                for run in selected:
+                    ui.run_status(run, now[run.name])
+            with stop:
+                if running:
+                    label = "Stop both runs" if len(running) == 2 else "Stop the run"
+                    ui.stop_button(running, key="compare_stop", label=label)
+            line = runs.takeaway(*pair) if pair else None
+            st.markdown(f"**{line}**" if line else "**Takeaway**: once MAML and FOMAML runs have records, "
+                        "what second order costs and buys, in one line.")
+            series = {label: run.metrics() for label, run in curve_labels(selected).items()}
+            ways = {run.config().ways for run in selected}
+            ways = ways.pop() if len(ways) == 1 else None  # a chance level only when all runs share it
+            st.markdown("**Against meta-iterations**: what each update is worth")
+            ui.curves_chart(series, "iterations", ways, key="compare_chart_iterations", height=320)
+            st.markdown("**Against seconds of training**: what each second is worth")
+            ui.curves_chart(series, "seconds", ways, key="compare_chart_seconds", height=320)
+            st.dataframe([table_row(runs.summary(run)) for run in selected], hide_index=True, width="stretch",
+                         column_config={name: st.column_config.TextColumn(name, help=text)
+                                        for name, text in TABLE_HELP.items()})
+        except FileNotFoundError:  # a run's folder was deleted meanwhile: the page, redrawn, says so
+            st.rerun()
+        if now != statuses:  # a run ended: redraw the page, with or without the timer
+            st.rerun()
+
+    @ui.live(refresh=runs.RUNNING in statuses.values(), every=PROBE_REFRESH)
+    def probe_live_view():
+        try:
+            probe_view({label: run.metrics() for label, run in curve_labels(selected).items()}, key="compare_probe")
+        except FileNotFoundError:  # the live view above says so
+            pass
+
+    live_view()
+    probe_live_view()
+
+
+st.title("MAML and FOMAML")
+ui.start_message("compare")
+has_data = ui.dataset_warning()
+all_runs = runs.list_runs()
+selected = chosen_runs(all_runs)
+if selected:
+    comparison_view(selected)
+elif all_runs:
+    st.info("Choose runs to overlay above, or start a comparison below. None is chosen for you unless a MAML "
+            "and a FOMAML run were trained alike (same settings and iterations): runs trained unequally, "
+            "side by side, would pass their difference for the algorithms'.")
+else:
+    st.info("No runs yet: start a comparison below, or train on the Train page.")
+
 st.markdown(r"""
 MAML's meta-gradient flows back *through* the inner update $\theta'_i = \theta - \alpha \nabla_\theta
 \mathcal{L}_{\mathcal{T}_i}(\theta)$, so it multiplies the query-loss gradient by $I - \alpha
 \nabla^2_\theta \mathcal{L}_{\mathcal{T}_i}(\theta)$: a Hessian-vector product per inner step, and the inner
 loop's activations kept for the backward pass. **First-order MAML drops that Hessian term** and uses the
 query-loss gradient at $\theta'_i$ as it is. It saves time and memory; the question is what it costs in accuracy.
-Both runs below start from the same initial weights and see the same sequence of tasks (same seed). They run
-at the same time with one CPU thread each, so their seconds per iteration compare fairly.
+Both runs of a comparison start from the same initial weights and see the same sequence of tasks (same seed). They
+run at the same time with one CPU thread each, so their seconds per iteration compare fairly.
 """)
 
-has_data = ui.dataset_warning()
-
-with st.expander("New comparison", expanded=True):
+with ui.form_expander("New comparison", "compare"):
     preset_name, defaults = ui.preset_picker("compare")
     with st.form("compare_form", border=False):
         ui.config_fields("compare", preset_name, defaults, exclude=("algorithm",))
+        ui.concurrent_note(all_runs)
         ui.start_button("Start MAML and FOMAML", "compare", preset_name, start_comparison, disabled=not has_data,
                         exclude=("algorithm",))
-    ui.start_message("compare")
-
-all_runs = runs.list_runs()
-by_name = {run.name: run for run in all_runs}
-for name in st.session_state.get("compare_runs", []):
-    if name not in by_name:  # shown before, listed no more: its folder was deleted
-        st.warning(f"Run {name} was deleted.", icon=":material/delete:")
-if not all_runs:
-    st.info("No runs yet: start a comparison above, or train on the Train page.")
-    st.stop()
-default = [name for name in st.session_state.get("compare_runs", []) if name in by_name]
-default = default or [run.name for run in  # else the last comparison, else the shipped checkpoints' runs
-                      runs.latest_comparison(all_runs) or runs.list_runs(runs.shipped_runs_root())]
-chosen = st.multiselect("Runs to overlay", list(by_name), default=default,
-                        format_func=lambda name: by_name[name].label(),
-                        help="Any past or running runs; a new comparison is chosen for you.")
-st.session_state.compare_runs = chosen
-selected = [by_name[name] for name in chosen]
-if not selected:
-    st.info("Choose runs to overlay above, or start a comparison.")
-    st.stop()
-statuses = {run.name: run.status() for run in selected}
-
-
-@ui.live(refresh=runs.RUNNING in statuses.values())
-def live_view():
-    try:
-        now = {run.name: run.status() for run in selected}
-        if runs.RUNNING in now.values() and st.button("Stop the running runs", type="primary", key="compare_stop"):
-            for run in selected:
-                if now[run.name] == runs.RUNNING:
-                    runs.stop(run)
-        for run in selected:
-            ui.run_status(run, now[run.name])
-        series = {label: run.metrics() for label, run in curve_labels(selected).items()}
-        ways = {run.config().ways for run in selected}
-        ways = ways.pop() if len(ways) == 1 else None  # a chance level only when all runs share it
-        st.markdown("**Against meta-iterations**: what each update is worth")
-        ui.curves_chart(series, "iterations", ways, key="compare_chart_iterations")
-        st.markdown("**Against seconds of training**: what each second is worth")
-        ui.curves_chart(series, "seconds", ways, key="compare_chart_seconds")
-        probe_view(series, key="compare_probe")
-        st.dataframe([table_row(runs.summary(run)) for run in selected], hide_index=True, width="stretch")
-    except FileNotFoundError:  # a run's folder was deleted meanwhile: the page, redrawn, says so
-        st.rerun()
-    if now != statuses:  # a run ended: redraw the page, with or without the timer
-        st.rerun()
-
-
-live_view()
-st.caption("s / iteration: median time of a meta-update, validation iterations left out. Peak memory: the "
-           "training process' peak resident memory, dataset and libraries included, so the difference between "
-           "two runs is what their algorithms need.")

@@ -1,66 +1,69 @@
-"""Train: configure a meta-training run, start it, watch its curves live, stop it, keep its checkpoint."""
+"""Train: configure a meta-training run, start it, watch its curves live, stop it, keep its checkpoint.
+
+The run shown comes first, its progress and curves in the first screen; the form follows, and closes on Start."""
 
 import streamlit as st
 
 from fewshot import runs
 import app_ui as ui
 
+MENU = "train_run_menu"  # the run menu's key: the run shown
+
 
 def start_run(config) -> str:
-    st.session_state.train_run = runs.start(config).name  # the run to show
-    return f"Started run {st.session_state.train_run}."
+    st.session_state[MENU] = runs.start(config).name  # the run to show
+    return f"Started run {st.session_state[MENU]}: its progress and curves are below."
 
 
-st.title("Train")
-st.caption("Meta-train a model on Omniglot. The run is a process of its own: it goes on when you reload or close "
-           "the page, and every browser tab sees it.")
-
-has_data = ui.dataset_warning()
-with st.expander("New run", expanded=True):  # constant: a changed expander re-creates its widgets
-    preset_name, defaults = ui.preset_picker("train")
-    with st.form("train_form", border=False):
-        ui.config_fields("train", preset_name, defaults)
-        ui.start_button("Start", "train", preset_name, start_run, disabled=not has_data)
-    ui.start_message("train")
-all_runs = runs.list_runs()  # after Start's callback: with the run it started
-
-names = [run.name for run in all_runs]
-chosen = st.session_state.get("train_run")
-if chosen and chosen not in names:  # shown before, listed no more: its folder was deleted
-    st.warning(f"Run {chosen} was deleted.", icon=":material/delete:")
-if not all_runs:
-    st.info("No runs yet: pick a preset and press Start." if has_data else "No runs yet.")
-    st.stop()
-
-running = [run.name for run in all_runs if run.is_running()]
-default = chosen if chosen in names else (running[0] if running else names[0])
-labels = {run.name: run.label() for run in all_runs}
-name = st.selectbox("Run", names, index=names.index(default), format_func=labels.get,
-                    help="Every run under the runs folder, newest first; running runs go on in the background.")
-st.session_state.train_run = name
-run = all_runs[names.index(name)]
-x = ui.x_axis_choice("train_x")
-status = run.status()
-
-
-@ui.live(refresh=status == runs.RUNNING)
-def live_view():
+def evaluate_pressed(run: runs.Run) -> None:
     try:
-        now = run.status()
-        if now == runs.RUNNING and st.button("Stop training", type="primary", key="train_stop",
-                                             help="Finishes the current iteration, saves the checkpoint and ends."):
-            runs.stop(run)
-        ui.run_status(run, now)
-        ui.curves_chart({"": run.metrics()}, x, run.config().ways, key="train_chart")
-    except FileNotFoundError:  # the run's folder was deleted meanwhile: the page, redrawn, says so
-        st.rerun()
-    if now != status:  # it ended (or was restarted): redraw the page, with or without the timer
-        st.rerun()
+        runs.evaluate_now(run)
+        message = ("success", f"Measuring run {run.name}'s test accuracy on {run.config().test_tasks} tasks.")
+    except (ValueError, OSError) as error:
+        message = ("error", ui.cannot("evaluate", error))
+    st.session_state["train_start_message"] = message
 
 
-live_view()
+def run_view(all_runs: list) -> None:
+    """The run menu, the chosen run's progress and curves (live while it runs), and what a run that ended offers."""
+    names = [run.name for run in all_runs]
+    if st.session_state.get(MENU) not in names:
+        running = [run.name for run in all_runs if run.is_running()]
+        st.session_state[MENU] = running[0] if running else names[0]
+    labels = {run.name: run.label() for run in all_runs}
+    menu, axis = st.columns([3, 2], vertical_alignment="bottom")
+    with menu:
+        name = st.selectbox("Run", names, format_func=labels.get, key=MENU, persist_state="session",
+                            help="Every run under the runs folder, newest first; ● running ones go on in the "
+                                 "background.")
+    with axis:
+        x = ui.x_axis_choice("train_x")
+    run = all_runs[names.index(name)]
+    status = run.status()
 
-if status in (runs.FINISHED, runs.STOPPED) and run.checkpoint.exists():
+    @ui.live(refresh=status == runs.RUNNING)
+    def live_view():
+        try:
+            now = run.status()
+            progress, stop = st.columns([5, 2], vertical_alignment="center")
+            with stop:
+                if now == runs.RUNNING:
+                    ui.stop_button([run], key="train_stop", label="Stop training")
+            with progress:
+                ui.run_status(run, now)
+            ui.curves_chart({"": run.metrics()}, x, run.config().ways, key="train_chart")
+        except FileNotFoundError:  # the run's folder was deleted meanwhile: the page, redrawn, says so
+            st.rerun()
+        if now != status:  # it ended (or was restarted): redraw the page, with or without the timer
+            st.rerun()
+
+    live_view()
+    if status in (runs.FINISHED, runs.STOPPED) and run.checkpoint.exists():
+        ended_run(run, status)
+
+
+def ended_run(run: runs.Run, status: str) -> None:
+    """A finished or stopped run: its test accuracy (or Evaluate now), keeping and downloading its checkpoint."""
     evaluation = run.evaluation()
     if evaluation:
         st.metric(f"Test accuracy ({evaluation['split']}, {evaluation['ways']}-way {evaluation['shots']}-shot)",
@@ -68,7 +71,13 @@ if status in (runs.FINISHED, runs.STOPPED) and run.checkpoint.exists():
                   help=f"Mean over {evaluation['tasks']} tasks of unseen characters after "
                        f"{evaluation['inner_steps']} inner steps, with its 95 % confidence interval.")
     elif status == runs.STOPPED:
-        st.caption("Stopped before the end, so not evaluated on the test characters.")
+        note, button = st.columns([3, 1], vertical_alignment="center")
+        with note:
+            st.caption(f"Stopped before the end, so not yet evaluated on the test characters. Evaluate now measures "
+                       f"its last checkpoint on {run.config().test_tasks} test tasks, in the background.")
+        with button:
+            st.button("Evaluate now", key="train_evaluate", on_click=evaluate_pressed, args=(run,),
+                      icon=":material/fact_check:")
     keep, download = st.columns([3, 1], vertical_alignment="bottom")
     with keep:
         with st.form(f"keep_{run.name}", border=False):  # a click meant for a run deleted since is dropped
@@ -86,3 +95,25 @@ if status in (runs.FINISHED, runs.STOPPED) and run.checkpoint.exists():
             st.rerun()
         st.download_button("Download checkpoint", data=checkpoint, file_name=f"{run.name}.safetensors",
                            mime="application/octet-stream")
+
+
+st.title("Train")
+ui.start_message("train")
+has_data = ui.dataset_warning()
+all_runs = runs.list_runs()  # after Start's callback: with the run it started
+shown = st.session_state.get(MENU)
+if shown and shown not in [run.name for run in all_runs]:  # shown before, listed no more: its folder was deleted
+    st.warning(f"Run {shown} was deleted.", icon=":material/delete:")
+if all_runs:
+    run_view(all_runs)
+else:
+    st.info("No runs yet: pick a preset and press Start." if has_data else "No runs yet.")
+
+with ui.form_expander("New run", "train"):
+    st.caption("Meta-train a model on Omniglot. The run is a process of its own: it goes on when you reload or "
+               "close the page, and every browser tab sees it.")
+    preset_name, defaults = ui.preset_picker("train")
+    with st.form("train_form", border=False):
+        ui.config_fields("train", preset_name, defaults)
+        ui.concurrent_note(all_runs)
+        ui.start_button("Start", "train", preset_name, start_run, disabled=not has_data)

@@ -53,3 +53,59 @@ def _wait_for_health(url: str, server: subprocess.Popen, timeout: float = 60) ->
         except OSError:
             time.sleep(0.3)
     raise RuntimeError(f"streamlit did not answer at {url} within {timeout} s")
+
+
+# For layout checks: whether elements are cut by the viewport, a parent's overflow or their own box.
+_VISIBILITY = """element => {
+    const box = element.getBoundingClientRect();
+    const problems = [];
+    if (box.left < 0 || box.right > window.innerWidth) problems.push("outside the viewport horizontally");
+    let parent = element.parentNode;
+    while (parent) {
+        if (parent instanceof ShadowRoot) { parent = parent.host; continue; }  // out of a component's shadow DOM
+        if (!(parent instanceof Element) || parent === document.documentElement) break;
+        const style = getComputedStyle(parent), outer = parent.getBoundingClientRect();
+        const clipsX = style.overflowX !== "visible", clipsY = style.overflowY !== "visible";
+        const outX = box.left < outer.left - 0.5 || box.right > outer.right + 0.5;
+        const outY = box.top < outer.top - 0.5 || box.bottom > outer.bottom + 0.5;
+        if ((clipsX && outX) || (clipsY && outY))
+            problems.push(`cut by ${parent.tagName.toLowerCase()}.${parent.className} (overflow ${style.overflow})`);
+        parent = parent.parentNode;
+    }
+    return {box: {x: box.x, y: box.y, width: box.width, height: box.height}, problems};
+}"""
+
+
+def visibility(locator) -> dict:
+    """The element's box in the viewport and how it is cut, if it is: outside the viewport horizontally, or cut
+    by a parent whose overflow hides or scrolls it. It is scrolled into view first."""
+    locator.scroll_into_view_if_needed()
+    return locator.evaluate(_VISIBILITY)
+
+
+def truncated_texts(page, selector: str = "button, input") -> list:
+    """The text of every element matching `selector`, or of an element inside one, whose content is wider than
+    its box: a label cut with an ellipsis, or a value an input shows only in part."""
+    return page.evaluate("""selector => [...document.querySelectorAll(selector)].flatMap(element =>
+        [element, ...element.querySelectorAll("*")].filter(e => e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0)
+            .map(() => element.value || element.innerText)).filter((text, i, all) => all.indexOf(text) === i)""",
+                         selector)
+
+
+# Charts of the Train and Compare pages (Vega-Lite): for each, whether it is drawn (on screen, with a line of at
+# least two points), the points of its longest line, and an id that its DOM node keeps while it lives, so that a
+# chart re-created (blank until drawn again) shows as a new id.
+CHARTS = """() => [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')].map(chart => {
+    if (!chart.__chartId) { window.__charts = (window.__charts || 0) + 1; chart.__chartId = window.__charts; }
+    const lines = [...chart.querySelectorAll('.mark-line path')].map(
+        path => ((path.getAttribute('d') || '').match(/[ML]/g) || []).length);
+    const height = chart.getBoundingClientRect().height;
+    return {id: chart.__chartId, points: Math.max(0, ...lines), drawn: height >= 50 && Math.max(0, ...lines) >= 2,
+            top: chart.getBoundingClientRect().top, bottom: chart.getBoundingClientRect().bottom};
+})"""
+
+# Buttons, widget labels and chosen options whose text is cut (an ellipsis, or overflow hidden), at any level of
+# their markup: their text.
+TRUNCATED = """() => [...document.querySelectorAll(
+    'button, button *, [data-testid="stWidgetLabel"], [data-testid="stWidgetLabel"] *, [data-baseweb="tag"] *')]
+    .filter(e => e.offsetParent !== null && e.innerText && e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)"""

@@ -13,13 +13,15 @@ def record(iteration: int) -> dict:
 
 
 def run_folder(root: Path, name: str, launch: str | None = None, metrics=(), started: float = 0.0,
-               comparison: str | None = None, checkpoint: bytes | None = None) -> runs.Run:
+               comparison: str | None = None, checkpoint: bytes | None = None,
+               config: Config | None = None) -> runs.Run:
     """The folder of a run whose process has ended. launch.json holds the text `launch`, else what start()
-    writes; metrics.jsonl the lines `metrics` (records or text); checkpoint.safetensors the bytes `checkpoint`."""
+    writes, with `config` (default: Config(iterations=6)); metrics.jsonl the lines `metrics` (records or text);
+    checkpoint.safetensors the bytes `checkpoint`."""
     path = Path(root) / name
     path.mkdir(parents=True)
     if launch is None:
-        launch = json.dumps({"pid": None, "started": started, "config": Config(iterations=6).to_dict(),
+        launch = json.dumps({"pid": None, "started": started, "config": (config or Config(iterations=6)).to_dict(),
                              "comparison": comparison})
     (path / runs.LAUNCH).write_text(launch, errors="surrogateescape")  # "\udcff": the byte 0xff, not UTF-8
     lines = [line if isinstance(line, str) else json.dumps(line) for line in metrics]

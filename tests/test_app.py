@@ -1,5 +1,6 @@
 """The app's Home, Train and Compare pages, driven in-process with Streamlit's AppTest; runs are real processes."""
 
+import collections
 import dataclasses
 import json
 import shutil
@@ -9,12 +10,15 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pyarrow
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from fake_runs import record, run_folder
+from app_ui import field_label
 from fewshot import limits, runs
 from fewshot.config import Config
+from fewshot.presets import ABOUT, PRESETS
 from waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,8 +47,8 @@ def open_page(page: str | None = None) -> AppTest:
 
 
 def form_field(app: AppTest, name: str):
-    """The form's widget for Config field `name` (labelled with its name, spaces for underscores)."""
-    [widget] = [w for w in [*app.number_input, *app.selectbox] if w.label == name.replace("_", " ")]
+    """The form's widget for Config field `name` (labelled in plain words: app_ui.field_label)."""
+    [widget] = [w for w in [*app.number_input, *app.selectbox] if w.label == field_label(name)]
     return widget
 
 
@@ -54,9 +58,10 @@ def fill_form(app: AppTest, **values) -> None:
 
 
 def chart_points(app: AppTest, index: int = 0) -> dict:
-    """Points per curve of the page's index-th plotly chart: {trace name: number of points}."""
-    figure = json.loads(app.get("plotly_chart")[index].proto.spec)
-    return {trace["name"]: len(trace.get("x", [])) for trace in figure["data"]}
+    """Points per curve of the page's index-th chart (a Vega-Lite chart, its rows in Arrow): {curve: points}."""
+    chart = app.get("vega_lite_chart")[index].proto
+    rows = pyarrow.ipc.open_stream(chart.data.data).read_all().to_pylist()
+    return dict(collections.Counter(row["series"] for row in rows))
 
 
 def progress_text(app: AppTest, index: int = 0) -> str:
@@ -85,6 +90,8 @@ def test_home_explains_maml_and_shows_a_real_five_way_task(data_root):
     assert len(app.get("latex")) >= 3  # inner update, outer update, and what first order drops
     assert "First-order MAML" in texts(app) and "**Compare**" in texts(app)
     assert len(app.get("image")) == 1
+    [support, _, query] = app.columns  # the headings over the task's two parts, side by side
+    assert support.markdown[0].value == "**Support**" and query.markdown[0].value.startswith("**Query**")
 
 
 def test_home_another_task_shows_a_new_task_and_a_rerun_keeps_it(data_root):
@@ -111,7 +118,10 @@ def test_train_form_has_every_option_and_fills_from_presets(data_root):
     app = open_page("pages/train.py")
     for field in dataclasses.fields(Config):
         if field.name not in ("data_root", "init_from"):  # paths: the command line's (--data-root, --init-from)
-            assert form_field(app, field.name).help == field.metadata["help"]
+            help = form_field(app, field.name).help  # the field's help, and the name that finds it in the CLI
+            assert field.metadata["help"] in help and f"`--{field.name.replace('_', '-')}`" in help, help
+    for name, words in (("inner_lr", "α"), ("outer_lr", "β"), ("meta_batch", "tasks per meta-update")):
+        assert words in form_field(app, name).label  # plain words, tied to the equations' symbols
     assert form_field(app, "algorithm").options == ["maml", "fomaml"]
     assert form_field(app, "algorithm").value == "fomaml" and form_field(app, "channels").value == 32
     form_field(app, "channels").set_value(16).run()
@@ -123,6 +133,9 @@ def test_train_form_has_every_option_and_fills_from_presets(data_root):
     assert form_field(app, "inner_lr").value == 0.4
     assert form_field(app, "split").value == "maml-paper"
     assert "No runs yet" in texts(app)
+    for name in PRESETS:  # each says what it costs, measured
+        app.selectbox(key="train_preset").set_value(name).run()
+        assert ABOUT[name] in texts(app) and ABOUT[name].startswith("Measured:"), name
 
 
 @pytest.mark.parametrize("page, prefix, start", [("pages/train.py", "train", "Start"),
@@ -164,7 +177,12 @@ def test_train_page_starts_a_run_charts_it_live_stops_it_and_keeps_its_checkpoin
     app.run()
     assert run.status() == runs.STOPPED and not app.exception
     assert progress_text(app).endswith(": stopped")
-    assert app.get("download_button")
+    assert app.get("download_button") and not app.metric
+    app.button(key="train_evaluate").click().run()  # its test accuracy, measured in the background
+    assert "Measuring run" in app.success[0].value and run.is_running()
+    wait_for(lambda: not run.is_running(), "the evaluation to end")
+    app.run()
+    assert run.status() == runs.FINISHED and app.metric[0].label.startswith("Test accuracy")
     app.text_input[0].set_value("tiny-demo")
     app.button(key=keep_button(run)).click().run()
     assert "Kept as tiny-demo.safetensors" in app.success[0].value
@@ -189,11 +207,14 @@ def test_train_page_shows_a_finished_run_with_its_test_accuracy(data_root):
 def test_train_page_errors_are_messages_not_tracebacks(data_root, monkeypatch):
     monkeypatch.setenv("FEWSHOT_MAX_WAYS", "1000")  # an instructor's limit, above what Omniglot's splits hold
     app = open_page("pages/train.py")
-    fill_form(app, shots=10, queries=15)
+    assert form_field(app, "ways").min == 2  # a 1-way task has nothing to tell apart
+    fill_form(app, shots=10, queries=15, outer_lr=0.0)
     app.button(key="FormSubmitter:train_form-Start").click().run()
     assert not app.exception
-    assert "shots + queries must be at most 20" in app.error[0].value
+    [error] = app.error  # every bad field at once
+    assert "shots + queries must be at most 20" in error.value and "outer_lr must be greater than 0" in error.value
     assert runs.list_runs() == []
+    fill_form(app, outer_lr=0.001)
 
     fill_form(app, shots=1, queries=5, ways=1000, **TINY)  # the sampler refuses it, in the process
     app.button(key="FormSubmitter:train_form-Start").click().run()
@@ -228,7 +249,9 @@ def test_every_start_press_is_answered_and_past_the_run_limit_refused_naming_the
     fill_form(app, iterations=100_000, **TINY)
     app.button(key="FormSubmitter:train_form-Start").click().run()
     [run] = runs.list_runs()
-    assert [message.value for message in app.success] == [f"Started run {run.name}."]
+    [started] = [message.value for message in app.success]
+    assert started.startswith(f"Started run {run.name}:")
+    assert [w.value for w in app.warning if w.value.startswith(f"Training now: {run.name}.")]  # said before Start
     for _ in range(3):
         app.button(key="FormSubmitter:train_form-Start").click().run()
         assert [message.value for message in app.error] == [
@@ -294,13 +317,14 @@ def test_compare_page_runs_both_orders_on_one_config_side_by_side_and_stops_them
     assert maml == fomaml and maml["seed"] == 7 and maml["channels"] == 8  # the form's, the seed included
     wait_for(lambda: all(len(run.metrics()) >= 3 for run in started), "three iterations of both")
     app.run()
-    for chart in (0, 1):  # against iterations, against seconds
+    for chart in (0, 2):  # loss against iterations, against seconds
         points = chart_points(app, chart)
         assert points.get("MAML · meta-train", 0) >= 3 and points.get("FOMAML · meta-train", 0) >= 3, points
     assert sorted(app.multiselect[0].value) == sorted(run.name for run in started)  # kept while they train
     table = app.dataframe[0].value
-    assert sorted(table["algorithm"]) == ["fomaml", "maml"]
-    assert (table["peak memory (MB)"] > 0).all() and (table["s / iteration"] > 0).all()
+    assert sorted(table["run"]) == sorted(run.name for run in started)
+    assert all(float(value) > 0 for column in ("memory MB", "s / it") for value in table[column]), table
+    assert "MAML: " in texts(app) and "% slower per iteration" in texts(app)  # the takeaway, computed
 
     app.button(key="compare_stop").click().run()
     wait_for(lambda: not any(run.is_running() for run in started), "both runs to stop")
@@ -315,20 +339,28 @@ def saved_config(run: runs.Run) -> dict:
     return json.loads((run.path / "config.json").read_text())
 
 
-def test_compare_page_on_a_fresh_machine_shows_the_shipped_checkpoints_runs(tmp_path, monkeypatch):
-    """No dataset and no run of its own: the curves of the shipped MAML and FOMAML checkpoints, chosen for it."""
+def test_compare_page_on_a_fresh_machine_chooses_no_unequal_pair_and_says_how_the_shipped_runs_differ(tmp_path,
+                                                                                                      monkeypatch):
+    """No dataset and no run of its own: the shipped MAML and FOMAML runs trained unequally (19,538 against 9,429
+    iterations, other outer step sizes), so none is chosen; chosen by hand, the page says how they differ, and the
+    table shows a dash where the shipped records have no training memory, never "None"."""
     monkeypatch.setenv("FEWSHOT_DATA", str(tmp_path / "empty"))
     monkeypatch.setenv("FEWSHOT_CHECKPOINTS", str(Path(APP).parent / "checkpoints"))
     app = open_page("pages/compare.py")
     shipped = runs.list_runs(runs.shipped_runs_root())
     assert sorted(run.config().algorithm for run in shipped) == ["fomaml", "maml"]
     assert all(run.status() == runs.FINISHED for run in shipped)
-    assert sorted(app.multiselect[0].value) == sorted(run.name for run in shipped)
+    assert app.multiselect[0].value == [] and "None is chosen for you" in texts(app)
+    app.multiselect[0].set_value([run.name for run in shipped]).run()
+    iterations = sorted(run.config().iterations for run in shipped)
+    assert "differ in more than the algorithm" in texts(app) and str(iterations[0]) in texts(app)
     points = chart_points(app)
     for algorithm, run in ((run.config().algorithm.upper(), run) for run in shipped):
         validations = [record for record in run.metrics() if "val_accuracy" in record]
         assert points[f"{algorithm} · meta-train"] > 1000 and points[f"{algorithm} · validation"] == len(validations)
-    assert sorted(app.dataframe[0].value["algorithm"]) == ["fomaml", "maml"]
+    table = app.dataframe[0].value
+    assert sorted(table["run"]) == sorted(run.name for run in shipped)
+    assert list(table["memory MB"]) == ["—", "—"] and "None" not in table.to_string()
     assert not app.exception
 
 
@@ -402,6 +434,8 @@ def test_a_run_deleted_while_its_live_view_is_drawn_is_said_to_be_gone(run_folde
 
     monkeypatch.setattr(runs.Run, "progress", deleted_meanwhile)
     app = open_page(page)
+    if page == "pages/compare.py":  # a lone run is not chosen for you (not a fair pair): choose it
+        app.multiselect[0].set_value(["doomed"]).run()
     assert not app.exception and "Run doomed was deleted" in texts(app)
     assert not run.path.exists()
 

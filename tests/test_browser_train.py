@@ -1,20 +1,27 @@
 """The Train and Compare pages in a real browser (Debian's Chromium, driven by Playwright) against `streamlit run`.
 
-Screenshots go to test-artifacts/.
+Screenshots go to test-artifacts/. Runs are tiny (a conv net of 8 channels, 2 tasks a meta-update), so that the
+two cores that serve the app, train and run the browser are not the bottleneck of the test.
 """
+
+import os
+import signal
+import time
 
 import pytest
 
-from browser import ARTIFACTS, CHROMIUM, launch_chromium, served_app
+from browser import ARTIFACTS, CHARTS, CHROMIUM, TRUNCATED, launch_chromium, served_app
 from fewshot import runs
 from waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 TIMEOUT_MS = 120_000  # generous: two cores shared by the app, its training processes and the browser
-# Points of the curve named `name`, in each plotly chart of the page.
-POINTS = """name => [...document.querySelectorAll('.js-plotly-plot')].map(
-    plot => Math.min(...(plot.data || []).filter(t => t.name === name).map(t => t.x.length)))"""
+# The form's fields (labels in app_ui.field_label) set to a run that takes a fraction of a second an iteration.
+TINY = {"channels": "8", "conv blocks": "2", "tasks per meta-update": "2", "meta-updates": "100000",
+        "validate every": "3", "validation tasks": "4", "save every": "3", "test tasks": "10"}
+SCREENS = {"projector": (1024, 768), "laptop": (1400, 900)}
+TITLES = {"Train": "Train", "Compare": "MAML and FOMAML"}  # each page's heading
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +35,7 @@ def app(tmp_path_factory, data_root):
                         FEWSHOT_DATA=data_root) as url:
             yield url, folder / "runs"
     finally:
-        for run in runs.list_runs(folder / "runs"):
-            if run.is_running():
-                runs.stop(run)
+        stop_all(folder / "runs")
 
 
 @pytest.fixture(scope="module")
@@ -43,58 +48,151 @@ def browser(app):
 
 
 @pytest.fixture
-def page(app, browser):
-    """A browser tab on the app's home page. The first visit after the server starts is reloaded: Streamlit
-    treats that session in its legacy pages/-folder mode until app.py has called st.navigation once."""
-    url, _ = app
-    page = browser.new_page(viewport={"width": 1400, "height": 2200})
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(url)
-    page.get_by_role("heading", name="Few-shot learning with MAML").wait_for()
-    page.reload()
-    page.get_by_role("heading", name="Few-shot learning with MAML").wait_for()
-    yield page
-    page.close()
+def open_page(app, browser):
+    """Opens a browser tab of `size` (SCREENS) on the app's page `name`; closes it, and stops the runs, at the
+    end. The first visit after the server starts is reloaded: Streamlit treats that session in its legacy
+    pages/-folder mode until app.py has called st.navigation once."""
+    url, runs_folder = app
+    pages = []
+
+    def open_page(name: str, size: str = "laptop"):
+        width, height = SCREENS[size]
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.set_default_timeout(TIMEOUT_MS)
+        pages.append(page)
+        page.goto(url)
+        page.get_by_role("heading", name="Few-shot learning with MAML").wait_for()
+        page.reload()
+        page.get_by_role("heading", name="Few-shot learning with MAML").wait_for()
+        page.get_by_role("link", name=name).click()
+        page.get_by_role("heading", name=TITLES[name]).wait_for()
+        return page
+
+    yield open_page
+    for page in pages:
+        page.close()
+    stop_all(runs_folder)
 
 
-def test_train_page_shows_a_live_chart_and_stops(app, page):
+def stop_all(runs_folder) -> None:
+    for run in runs.list_runs(runs_folder):
+        if run.is_running():
+            runs.stop(run)
+            wait_for(lambda: not run.is_running(), f"{run.name} to stop")
+
+
+def fill_tiny(page) -> None:
+    page.get_by_text("Monitoring and engine").click()  # opens the expander of the last fields
+    for label, value in TINY.items():
+        field = page.get_by_role("spinbutton", name=label, exact=True)
+        field.fill(value)
+        field.press("Tab")
+
+
+def wait_for_charts(page, count: int, points: int = 3) -> None:
+    """Until `count` charts are drawn, each with a line of at least `points` points."""
+    page.wait_for_function(f"(charts => charts.filter(c => c.drawn && c.points >= {points}).length >= {count})"
+                           f"(({CHARTS})())", timeout=TIMEOUT_MS)
+
+
+def in_first_screen(page, selector: str) -> bool:
+    """Whether the element's top edge lies within the window, without scrolling."""
+    box = page.locator(selector).first.bounding_box()
+    return box is not None and 0 <= box["y"] < page.viewport_size["height"]
+
+
+@pytest.mark.parametrize("size", list(SCREENS))
+def test_after_start_the_run_is_in_the_first_screen_and_after_a_reload_too(app, open_page, size):
     _, runs_folder = app
-    page.get_by_role("link", name="Train").click()
+    page = open_page("Train", size)
+    fill_tiny(page)
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.get_by_text("Started run").first.wait_for()  # something says that the run began
+    run = runs.list_runs(runs_folder)[0]  # the newest: the one this test started
+    page.get_by_role("button", name="Stop training").wait_for()
+    wait_for_charts(page, 2)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"train-started-{size}.png")
+    assert in_first_screen(page, '[data-testid="stProgress"]') and page.evaluate("window.scrollY") < 100
+    assert all(chart["top"] < page.viewport_size["height"] for chart in page.evaluate(CHARTS))
+    assert run.name in page.locator('[data-testid="stProgress"]').first.inner_text()
+    page.reload()
+    page.get_by_role("heading", name="Train").wait_for()
+    wait_for_charts(page, 2)
+    assert in_first_screen(page, '[data-testid="stProgress"]')
+    assert all(chart["top"] < page.viewport_size["height"] for chart in page.evaluate(CHARTS))
+
+
+def test_stop_is_acknowledged_by_the_press_itself_and_the_run_saves_its_checkpoint(app, open_page):
+    """The training process is paused (SIGSTOP) before the press, so it cannot end meanwhile: the page must say
+    "Stopping ..." on the press alone, not when the run ends. Resumed, the run stops and saves as always."""
+    _, runs_folder = app
+    page = open_page("Train")
+    fill_tiny(page)
     page.get_by_role("button", name="Start", exact=True).click()
     page.get_by_role("button", name="Stop training").wait_for()
-    assert page.get_by_role("spinbutton", name="channels").input_value() == "32"  # the form keeps the preset's values
-    _wait_for_points(page, "meta-train", 3, charts=1)
-    _wait_for_points(page, "meta-train", page.evaluate(POINTS, "meta-train")[0] + 1, charts=1)  # it grows
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=ARTIFACTS / "train-running.png", full_page=True)
-
-    page.get_by_role("button", name="Stop training").click()
+    wait_for_charts(page, 2)
+    run = runs.list_runs(runs_folder)[0]  # the newest: the one this test started
+    pid = run.launch()["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        pressed = time.monotonic()
+        page.get_by_role("button", name="Stop training").click()
+        stopping = page.get_by_role("button", name="Stopping ...")
+        stopping.wait_for()
+        print(f"Stop acknowledged {time.monotonic() - pressed:.2f} s after the press")  # -s shows it
+        assert stopping.is_disabled() and run.is_running()
+        assert "stopping" in page.locator('[data-testid="stProgress"]').first.inner_text()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: not run.is_running(), "the run to stop")
+    assert run.status() == runs.STOPPED and run.checkpoint.exists()
     page.get_by_role("button", name="Keep checkpoint for the Draw page").wait_for()  # the page saw the run end
-    [run] = runs.list_runs(runs_folder)
-    assert run.status() == runs.STOPPED
-    assert run.checkpoint.exists()
-    page.screenshot(path=ARTIFACTS / "train-stopped.png", full_page=True)
+    page.get_by_role("button", name="Evaluate now").wait_for()  # a stopped run may be tested
 
 
-def test_compare_page_overlays_maml_and_fomaml_and_stops_them(app, page):
-    _, runs_folder = app
-    page.get_by_role("link", name="Compare").click()
+def test_compare_charts_are_updated_in_place_and_never_blank_while_two_runs_train(app, open_page):
+    """The chart region, sampled every 200 ms for 20 s while MAML and FOMAML train: every frame shows all four
+    charts drawn, and none is re-created (a re-created chart is blank until drawn again)."""
+    page = open_page("Compare")
+    fill_tiny(page)
     page.get_by_role("button", name="Start MAML and FOMAML").click()
-    page.get_by_role("button", name="Stop the running runs").wait_for()
-    for curve in ("FOMAML · meta-train", "MAML · meta-train"):  # both charts: against iterations and seconds
-        _wait_for_points(page, curve, 3, charts=2)
+    page.get_by_role("button", name="Stop both runs").wait_for()
+    wait_for_charts(page, 4)
+    first = page.evaluate(CHARTS)
+    frames, started = [], time.monotonic()
+    while time.monotonic() - started < 20:
+        frames.append(page.evaluate(CHARTS))
+        page.wait_for_timeout(200)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "compare-running.png", full_page=True)
+    blank = [frame for frame in frames if sum(chart["drawn"] for chart in frame) < len(first)]
+    assert not blank, f"{len(blank)} of {len(frames)} frames blank, as {blank[0]}"
+    assert {chart["id"] for frame in frames for chart in frame} == {chart["id"] for chart in first}
+    assert max(chart["points"] for chart in frames[-1]) > max(chart["points"] for chart in first)  # it grew
 
-    page.get_by_role("button", name="Stop the running runs").click()
-    page.get_by_role("button", name="Stop the running runs").wait_for(state="detached")
-    compared = runs.latest_comparison(runs.list_runs(runs_folder))
+    page.get_by_role("button", name="Stop both runs").click()
+    page.get_by_role("button", name="Stopping ...").wait_for()
+    compared = runs.latest_comparison(runs.list_runs(app[1]))
     assert sorted(run.config().algorithm for run in compared) == ["fomaml", "maml"]
     wait_for(lambda: all(run.status() == runs.STOPPED for run in compared), "both runs to stop")
-    page.screenshot(path=ARTIFACTS / "compare-stopped.png", full_page=True)
+    page.get_by_text("MAML: ").first.wait_for()  # the takeaway, computed from the two runs
 
 
-def _wait_for_points(page, curve: str, at_least: int, charts: int) -> None:
-    """Waits until each of the page's `charts` plotly charts draws at least `at_least` points of `curve`."""
-    page.wait_for_function(f"(points => points.length == {charts} && points.every(n => n >= {at_least}))"
-                           f"(({POINTS})('{curve}'))", timeout=TIMEOUT_MS)
+@pytest.mark.parametrize("name, start, stop", [("Train", "Start", "Stop training"),
+                                               ("Compare", "Start MAML and FOMAML", "Stop both runs")])
+def test_nothing_is_truncated_on_a_projector_with_the_sidebar_open(app, open_page, name, start, stop):
+    """1024x768 with the sidebar open, the run it started training and the form open: no button, label or
+    chosen run cut."""
+    page = open_page(name, "projector")
+    assert page.get_by_test_id("stSidebar").is_visible()
+    fill_tiny(page)
+    page.get_by_role("button", name=start, exact=True).click()
+    page.get_by_role("button", name=stop).wait_for()  # the run it started, shown
+    wait_for_charts(page, 2)
+    page.get_by_text(f"New {'run' if name == 'Train' else 'comparison'}", exact=True).click()  # open the form
+    page.get_by_role("button", name=start, exact=True).wait_for()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"{name.lower()}-projector.png", full_page=True)
+    assert page.get_by_role("button", name=stop).is_visible()
+    assert page.evaluate(TRUNCATED) == []

@@ -18,7 +18,7 @@ from fewshot.omniglot import split_characters
 from fewshot.tasks import TaskSampler
 from fewshot.training import RunInUse, initial_model, task_seed, train, training_device, warm_start
 
-TIMING = ("seconds", "tasks_per_second", "peak_memory_mb")  # differ from run to run
+TIMING = ("seconds", "tasks_per_second", "peak_memory_mb", "training_memory_mb")  # differ from run to run
 
 
 def losses(records):
