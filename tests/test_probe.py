@@ -213,6 +213,7 @@ def test_compare_page_plots_the_probe_of_a_maml_run_and_says_how_to_read_it(tmp_
 def test_compare_page_without_probe_records_says_how_to_get_them(tmp_path, monkeypatch):
     app = compare_page(tmp_path / "runs", monkeypatch, ("m", "maml", [record(1), record(2)]),
                        ("f", "fomaml", [record(1), record(2)]))
-    assert len(app.get("plotly_chart")) == 2  # the curves against iterations and seconds, no probe figure
+    assert len(app.get("vega_lite_chart")) == 4  # loss and accuracy against iterations and seconds
+    assert not app.get("plotly_chart")  # no probe figure
     assert "No measurements in these runs" in page_text(app) and "--probe-every" in page_text(app)
     assert "A cosine near 1" not in page_text(app)
