@@ -13,6 +13,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium")
+HOME_HEADING = "Few-shot learning with MAML"
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'  # no script run going on
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -39,6 +41,25 @@ def served_app(folder: Path, **environment):
 
 def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def open_app_page(browser, url: str, viewport: dict, link: str, heading, timeout_ms: int, init_script: str = ""):
+    """A new tab on the app's page `link` (its name in the navigation), once the page's `heading` shows.
+
+    The first visit after the server starts runs in Streamlit's legacy pages/ mode until app.py has called
+    st.navigation once: the tab opens Home, reloads it, then follows the navigation's link.
+    """
+    page = browser.new_page(viewport=viewport)
+    page.set_default_timeout(timeout_ms)
+    if init_script:
+        page.add_init_script(init_script)
+    page.goto(url)
+    page.get_by_role("heading", name=HOME_HEADING).wait_for()
+    page.reload()
+    page.get_by_role("heading", name=HOME_HEADING).wait_for()
+    page.get_by_role("link", name=link).click()
+    page.get_by_role("heading", name=heading).wait_for()
+    return page
 
 
 def _wait_for_health(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
@@ -83,12 +104,17 @@ def visibility(locator) -> dict:
     return locator.evaluate(_VISIBILITY)
 
 
-def truncated_texts(page, selector: str = "button, input") -> list:
-    """The text of every element matching `selector`, or of an element inside one, whose content is wider than
-    its box: a label cut with an ellipsis, or a value an input shows only in part."""
+TRUNCATABLE = 'button, input, [data-testid="stWidgetLabel"], [data-baseweb="tag"]'  # labels, values, chosen options
+
+
+def truncated_texts(page, selector: str = TRUNCATABLE) -> list:
+    """The text of every visible element matching `selector`, or holding one inside, whose content is wider than
+    its box: a label cut with an ellipsis or hidden overflow, or a value an input shows only in part."""
     return page.evaluate("""selector => [...document.querySelectorAll(selector)].flatMap(element =>
-        [element, ...element.querySelectorAll("*")].filter(e => e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0)
-            .map(() => element.value || element.innerText)).filter((text, i, all) => all.indexOf(text) === i)""",
+        [element, ...element.querySelectorAll("*")]
+            .filter(e => e.offsetParent !== null && e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1)
+            .map(() => element.value || element.innerText))
+        .filter((text, i, all) => text && all.indexOf(text) === i)""",
                          selector)
 
 
@@ -103,9 +129,3 @@ CHARTS = """() => [...document.querySelectorAll('[data-testid="stVegaLiteChart"]
     return {id: chart.__chartId, points: Math.max(0, ...lines), drawn: height >= 50 && Math.max(0, ...lines) >= 2,
             top: chart.getBoundingClientRect().top, bottom: chart.getBoundingClientRect().bottom};
 })"""
-
-# Buttons, widget labels and chosen options whose text is cut (an ellipsis, or overflow hidden), at any level of
-# their markup: their text.
-TRUNCATED = """() => [...document.querySelectorAll(
-    'button, button *, [data-testid="stWidgetLabel"], [data-testid="stWidgetLabel"] *, [data-baseweb="tag"] *')]
-    .filter(e => e.offsetParent !== null && e.innerText && e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)"""

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from browser import ARTIFACTS, CHROMIUM, REPO, launch_chromium, served_app
+from browser import (ARTIFACTS, CHROMIUM, IDLE, REPO, launch_chromium, open_app_page, served_app,
+                     truncated_texts)
 from fewshot import challenge
 from fewshot.checkpoints import load_checkpoint
 from fewshot.omniglot import load_omniglot
@@ -15,10 +16,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 TIMEOUT_MS = 60_000
 LETTERS = "ABCDE"
-IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'  # no script run going on
-# The labels of the buttons shown that do not fit: their text is wider than the room the button gives it.
-TRUNCATED = """() => [...document.querySelectorAll('button')].filter(b => b.offsetParent !== null)
-    .filter(b => [...b.querySelectorAll('p')].some(p => p.scrollWidth > p.clientWidth + 1)).map(b => b.innerText)"""
 
 
 @pytest.fixture(scope="module")
@@ -43,20 +40,13 @@ def test_one_task_played_by_clicking_shows_the_models_answers_and_the_score(app,
     from playwright.sync_api import expect, sync_playwright
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
-        page = browser.new_page(viewport={"width": 1024, "height": 768})
-        page.set_default_timeout(TIMEOUT_MS)
-        # The first visit after the server starts runs in Streamlit's legacy pages/ mode until app.py has called
-        # st.navigation once: reload, then go to the Challenge page through the navigation.
-        page.goto(app)
-        page.get_by_role("heading", name="Few-shot learning with MAML").wait_for()
-        page.reload()
-        page.get_by_role("link", name="Challenge").click()
-        page.get_by_role("heading", name="Seed 1 · task 1 · 5-way").wait_for()
+        page = open_app_page(browser, app, {"width": 1024, "height": 768}, "Challenge", "Seed 1 · task 1 · 5-way",
+                             TIMEOUT_MS)
         assert page.get_by_role("radio", name="5-way").is_checked()  # the settings, in the open sidebar
         for q, answer in enumerate(student):
             expect(page.get_by_text(f"Query {q + 1} of 5")).to_be_visible()
             page.wait_for_selector(IDLE)  # a click while the script runs may be lost (then the student clicks again)
-            assert page.evaluate(TRUNCATED) == []
+            assert truncated_texts(page, "button") == []
             page.get_by_role("button", name=LETTERS[answer], exact=True).click()
 
         score = page.get_by_text("So far at 5-way")
@@ -69,7 +59,7 @@ def test_one_task_played_by_clicking_shows_the_models_answers_and_the_score(app,
             ["You", LETTERS[s], _mark(s, t), "Model", LETTERS[m], _mark(m, t), "Truth", LETTERS[t]]
             for s, m, t in zip(student, model_said, task.truth)]
         expect(page.get_by_role("button", name="Next task")).to_be_in_viewport()  # on the projector, unscrolled
-        assert page.evaluate(TRUNCATED) == []
+        assert truncated_texts(page, "button") == []
         page.wait_for_selector(IDLE)
         page.mouse.move(1000, 760)  # off the drawings, whose hover shows a fullscreen button
         ARTIFACTS.mkdir(exist_ok=True)

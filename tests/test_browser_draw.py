@@ -12,7 +12,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from browser import ARTIFACTS, CHROMIUM, REPO, launch_chromium, served_app, truncated_texts, visibility
+from browser import (ARTIFACTS, CHROMIUM, IDLE, REPO, launch_chromium, open_app_page, served_app, truncated_texts,
+                     visibility)
 from canvas_drawings import QUERY, QUERY_NAME, SECOND_QUERY, SECOND_QUERY_NAME, SHAPES
 from fewshot.adaptation import DEFAULT_CHECKPOINT
 from waiting import wait_for
@@ -20,7 +21,6 @@ from waiting import wait_for
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 TIMEOUT_MS = 120_000  # generous: two cores shared by the app, maybe training runs, and the browser
-IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 # In every page the browser opens: window.runsEnded counts the script runs that ended, each time the app's
 # data-test-script-state attribute leaves "running" (a run's start alone can come and go between two looks).
 COUNT_RUNS = """window.runsEnded = 0;
@@ -60,16 +60,7 @@ def draw_page(app, viewport: dict):
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
-        page = browser.new_page(viewport=viewport)
-        page.set_default_timeout(TIMEOUT_MS)
-        page.add_init_script(COUNT_RUNS)
-        # The first visit after the server starts runs in Streamlit's legacy pages/ mode until app.py has
-        # called st.navigation once: reload, then go to the Draw page through the navigation.
-        page.goto(app)
-        page.get_by_role("heading", name="Few-shot learning with MAML").wait_for()
-        page.reload()
-        page.get_by_role("link", name="Draw").click()
-        page.get_by_role("heading", name=re.compile("^Draw")).wait_for()
+        page = open_app_page(browser, app, viewport, "Draw", re.compile("^Draw"), TIMEOUT_MS, COUNT_RUNS)
         yield page
         browser.close()
 
