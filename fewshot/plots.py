@@ -1,8 +1,7 @@
-"""Figures for the app: training curves (plotly) and a picture of a task (an image array). No streamlit here."""
+"""Figures for the app: training curves and the probe's measures (Vega-Lite), and a picture of a task (an image
+array). No streamlit here."""
 
 import numpy as np
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from .tasks import TaskBatch
 
@@ -58,33 +57,40 @@ def _row(label: str, curve: str, x: float, y: float) -> dict:
     return {"run": label, "curve": curve, "series": _name(label, curve), "x": x, "y": y}
 
 
-def probe_curves(records: list, title: str = "", height: int = 340) -> go.Figure:
-    """A MAML run's first- against second-order measurements (probe.py) against iterations, for all weights
-    (black) and for each layer: cosine(g1, g2), |g1| / |g2|, and the dropped term |g2 - g1| beside |g2|."""
+PROBE_PANELS = {"cosine": "cosine(g1, g2)", "norm_ratio": "|g1| / |g2|",
+                "dropped_norm": "dropped |g2 - g1| (dashed: |g2|)"}  # probe.py's measures, each a chart
+ALL_WEIGHTS = "all weights"
+
+
+def probe_curves(records: list, measure: str, height: int = 260) -> tuple[dict, list]:
+    """One of a MAML run's first- against second-order measures (probe.py, PROBE_PANELS) against iterations,
+    for all weights (bold, black) and for each layer: a Vega-Lite chart, as (spec, rows). Its spec depends on
+    the run's layers only, so that a live chart is updated in place, as training_curves' are."""
     probed = _thin([r for r in records if "probe" in r], MAX_POINTS)
-    figure = make_subplots(rows=1, cols=3, subplot_titles=("cosine(g1, g2)", "|g1| / |g2|",
-                                                            "dropped |g2 - g1| (dashed: |g2|)"))
-    iterations = [r["iteration"] for r in probed]
-    mode = "lines" if len(probed) > 20 else "lines+markers"
-    layers = probed[-1]["probe"]["layers"] if probed else {}
-    groups = {"all weights": [r["probe"] for r in probed]}  # a hand-edited record may lack a layer: a gap
-    groups.update({layer: [r["probe"]["layers"].get(layer, {}) for r in probed] for layer in layers})
-    for index, (name, values) in enumerate(groups.items()):
-        color, width = ("black", 2.5) if index == 0 else (COLORS[(index - 1) % len(COLORS)], 1)
-        line = dict(color=color, width=width)
-        for column, key in ((1, "cosine"), (2, "norm_ratio"), (3, "dropped_norm")):
-            figure.add_scatter(x=iterations, y=[value.get(key) for value in values], mode=mode, line=line, name=name,
-                               legendgroup=name, showlegend=column == 1, row=1, col=column)
-        figure.add_scatter(x=iterations, y=[value.get("g2_norm") for value in values], mode="lines",
-                           line=dict(line, dash="dash"), opacity=0.5, name=f"{name} |g2|", legendgroup=name,
-                           showlegend=False, row=1, col=3)
-    for column in (1, 2):  # where first order would equal second order
-        figure.add_hline(y=1, line=dict(color="grey", dash="dot", width=1), row=1, col=column)
-    figure.update_yaxes(rangemode="tozero", row=1, col=3)
-    figure.update_xaxes(title_text="meta-iterations")
-    figure.update_layout(title=dict(text=title, x=0, y=0.98), height=height, margin=dict(l=10, r=10, t=70, b=10),
-                         legend=dict(orientation="h", yanchor="top", y=-0.22))
-    return figure
+    rows = []
+    for record in probed:
+        groups = {ALL_WEIGHTS: record["probe"], **record["probe"]["layers"]}
+        rows += [{"iteration": record["iteration"], "layer": layer, "measure": key, "value": numbers.get(key)}
+                 for layer, numbers in groups.items() for key in (measure, "g2_norm")]
+    layers = [ALL_WEIGHTS, *(probed[-1]["probe"]["layers"] if probed else {})]
+    encoding = {"x": {"field": "iteration", "type": "quantitative", "title": "meta-iterations"},
+                "y": {"field": "value", "type": "quantitative", "title": None},
+                "color": {"field": "layer", "type": "nominal", "title": None,
+                          "legend": {"orient": "bottom", "columns": 3, "labelLimit": 70},
+                          "scale": {"domain": layers, "range": ["black", *COLORS]}},
+                "strokeWidth": {"condition": {"test": f"datum.layer === '{ALL_WEIGHTS}'", "value": 2.5},
+                                "value": 1}}
+    chart = [{"transform": [{"filter": {"field": "measure", "equal": measure}}],
+              "mark": {"type": "line", "point": len(probed) <= 20}, "encoding": encoding}]
+    if measure == "dropped_norm":  # beside |g2|, for scale
+        chart.append({"transform": [{"filter": {"field": "measure", "equal": "g2_norm"}}],
+                      "mark": {"type": "line", "strokeDash": [4, 3], "opacity": 0.5}, "encoding": encoding})
+    else:  # where first order would equal second order
+        chart.append({"data": {"values": [{}]}, "mark": {"type": "rule", "color": "grey", "strokeDash": [2, 3]},
+                      "encoding": {"y": {"datum": 1}}})
+    spec = {"height": height, "title": {"text": PROBE_PANELS[measure], "anchor": "start", "fontSize": 13},
+            "layer": chart}
+    return spec, rows
 
 
 def task_picture(batch: TaskBatch, task: int = 0, scale: int = 3, gap: int = 4) -> np.ndarray:

@@ -9,9 +9,6 @@ import app_ui as ui
 
 MENU = "compare_runs_menu"  # the run menu's key: the runs shown
 MISSING = "—"
-# Seconds between redraws of the first- against second-order charts while runs train. They are plotly figures,
-# which Streamlit re-creates (blank for a moment) whenever they change; a probe comes every probe_every iterations.
-PROBE_REFRESH = 30.0
 
 
 def curve_labels(selected: list) -> dict:
@@ -47,8 +44,7 @@ TABLE_HELP = {
 def probe_view(series: dict, key: str) -> None:
     """The first- against second-order measurements of each run that has some, or how to get them."""
     probed = {label: records for label, records in series.items() if any("probe" in r for r in records)}
-    st.markdown("**First against second order**, measured on the tasks MAML trains on (redrawn every "
-                f"{PROBE_REFRESH:.0f} s while runs train)")
+    st.markdown("**First against second order**, measured on the tasks MAML trains on")
     if not probed:
         st.caption("No measurements in these runs: a MAML run records them every probe_every iterations "
                    "(under Monitoring and engine in the form; --probe-every on the command line).")
@@ -60,7 +56,11 @@ costs little; when the cosine falls, or the dropped term $|g_2 - g_1|$ nears $|g
 term steers MAML's update and first order would step elsewhere.
 """)
     for label, records in probed.items():
-        st.plotly_chart(plots.probe_curves(records, title=label), key=f"{key}_{label}", width="stretch")
+        st.markdown(f"**{label}**")
+        for column, measure in zip(st.columns(len(plots.PROBE_PANELS)), plots.PROBE_PANELS):
+            spec, rows = plots.probe_curves(records, measure)
+            with column:
+                st.vega_lite_chart(rows, spec, key=f"{key}_{label}_{measure}", width="stretch")
 
 
 def start_comparison(config) -> str:
@@ -121,20 +121,13 @@ def comparison_view(selected: list) -> None:
             st.dataframe([table_row(runs.summary(run)) for run in selected], hide_index=True, width="stretch",
                          column_config={name: st.column_config.TextColumn(name, help=text)
                                         for name, text in TABLE_HELP.items()})
+            probe_view(series, key="compare_probe")
         except FileNotFoundError:  # a run's folder was deleted meanwhile: the page, redrawn, says so
             st.rerun()
         if now != statuses:  # a run ended: redraw the page, with or without the timer
             st.rerun()
 
-    @ui.live(refresh=runs.RUNNING in statuses.values(), every=PROBE_REFRESH)
-    def probe_live_view():
-        try:
-            probe_view({label: run.metrics() for label, run in curve_labels(selected).items()}, key="compare_probe")
-        except FileNotFoundError:  # the live view above says so
-            pass
-
     live_view()
-    probe_live_view()
 
 
 st.title("MAML and FOMAML")

@@ -7,12 +7,13 @@ import json
 import types
 from pathlib import Path
 
+import pyarrow
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
 from fake_runs import record, run_folder
-from fewshot import cli, maml, metrics, notebook_loop, probe, training
+from fewshot import cli, maml, metrics, notebook_loop, plots, probe, training
 from fewshot.checkpoints import load_checkpoint
 from fewshot.config import Config
 from fewshot.models import build_model
@@ -192,6 +193,11 @@ def compare_page(runs_folder: Path, monkeypatch, *fake_runs) -> AppTest:
     return app
 
 
+def chart_rows(chart) -> list:
+    """The rows of a Vega-Lite chart of the page (Arrow), as dicts."""
+    return pyarrow.ipc.open_stream(chart.proto.data.data).read_all().to_pylist()
+
+
 def page_text(app: AppTest) -> str:
     return "\n".join(e.value for kind in ("markdown", "caption") for e in app.get(kind))
 
@@ -200,12 +206,14 @@ def test_compare_page_plots_the_probe_of_a_maml_run_and_says_how_to_read_it(tmp_
     maml_records = [probed_record(1, 0.95), record(2), probed_record(3, 0.7)]
     app = compare_page(tmp_path / "runs", monkeypatch, ("m", "maml", maml_records),
                        ("f", "fomaml", [record(1), record(2), record(3)]))
-    charts = [json.loads(chart.proto.spec) for chart in app.get("plotly_chart")]
-    [figure] = [chart for chart in charts if "cosine" in json.dumps(chart["layout"])]
-    assert "MAML" in figure["layout"]["title"]["text"]
-    cosines = {trace["name"]: trace["y"] for trace in figure["data"] if trace["xaxis"] == "x"}
+    charts = {json.loads(chart.proto.spec)["title"]["text"]: chart_rows(chart) for chart in app.get("vega_lite_chart")}
+    cosines = {}
+    for row in charts[plots.PROBE_PANELS["cosine"]]:
+        if row["measure"] == "cosine":
+            cosines.setdefault(row["layer"], []).append(row["value"])
     assert list(cosines) == ["all weights", "block 1", "block 2", "classifier"]
     assert cosines["all weights"] == [0.95, 0.7] and cosines["block 1"] == [0.85, 0.6]
+    assert "MAML" in page_text(app)  # the run's label above its charts
     assert "A cosine near 1 means that first order points where MAML points" in page_text(app)
     assert "No measurements in these runs" not in page_text(app)
 
@@ -213,7 +221,7 @@ def test_compare_page_plots_the_probe_of_a_maml_run_and_says_how_to_read_it(tmp_
 def test_compare_page_without_probe_records_says_how_to_get_them(tmp_path, monkeypatch):
     app = compare_page(tmp_path / "runs", monkeypatch, ("m", "maml", [record(1), record(2)]),
                        ("f", "fomaml", [record(1), record(2)]))
-    assert len(app.get("vega_lite_chart")) == 4  # loss and accuracy against iterations and seconds
-    assert not app.get("plotly_chart")  # no probe figure
+    titles = [json.loads(chart.proto.spec)["title"]["text"] for chart in app.get("vega_lite_chart")]
+    assert len(titles) == 4 and not set(titles) & set(plots.PROBE_PANELS.values())  # loss and accuracy, twice
     assert "No measurements in these runs" in page_text(app) and "--probe-every" in page_text(app)
     assert "A cosine near 1" not in page_text(app)
