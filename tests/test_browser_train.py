@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 TIMEOUT_MS = 120_000  # generous: two cores shared by the app, its training processes and the browser
 # The form's fields (labels in app_ui.field_label) set to a run that takes a fraction of a second an iteration.
 TINY = {"channels": "8", "conv blocks": "2", "tasks per meta-update": "2", "meta-updates": "100000",
-        "validate every": "3", "validation tasks": "4", "save every": "3", "test tasks": "10"}
+        "validate every": "3", "validation tasks": "4", "save every": "3", "test tasks": "10",
+        "1st vs 2nd order every": "3"}  # so that MAML's probe charts are there too, from the start
 SCREENS = {"projector": (1024, 768), "laptop": (1400, 900)}
 TITLES = {"Train": "Train", "Compare": "MAML and FOMAML"}  # each page's heading
 LABELS = 'button, [data-testid="stWidgetLabel"], [data-baseweb="tag"]'  # the form's number inputs may scroll
@@ -150,7 +151,7 @@ def test_compare_charts_are_updated_in_place_and_never_blank_while_two_runs_trai
     fill_tiny(page)
     page.get_by_role("button", name="Start MAML and FOMAML").click()
     page.get_by_role("button", name="Stop both runs").wait_for()
-    wait_for_charts(page, 4)
+    wait_for_charts(page, 4 + 3)  # loss and accuracy against iterations and seconds; MAML's three probe charts
     first = page.evaluate(CHARTS)
     frames, started = [], time.monotonic()
     while time.monotonic() - started < 20:
