@@ -1,5 +1,5 @@
-"""Streamlit pieces shared by the Train and Compare pages (pages/): the configuration form, a run's status,
-progress and curves. It lives outside pages/ so that Streamlit never mistakes it for a page."""
+"""Streamlit pieces shared by the pages (pages/): the configuration form, a run's status, progress and curves,
+and Omniglot loaded once per server. It lives outside pages/ so that Streamlit never mistakes it for a page."""
 
 import dataclasses
 
@@ -7,6 +7,7 @@ import streamlit as st
 
 from fewshot import limits, runs
 from fewshot.config import Config
+from fewshot.omniglot import Omniglot, load_omniglot
 from fewshot.plots import X_AXES, training_curves
 from fewshot.presets import ABOUT, PRESETS, preset
 
@@ -22,6 +23,13 @@ FORM_FIELDS = [name for names in FORM_GROUPS.values() for name in names] + list(
 FLOAT_STEPS = {"inner_lr": 0.05, "outer_lr": 0.0005}
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 STATUS_ICONS = {runs.FINISHED: "check_circle", runs.STOPPED: "stop_circle", runs.FAILED: "error"}  # Material icons
+
+
+@st.cache_resource(show_spinner="Loading Omniglot ...")
+def omniglot(data_root: str) -> Omniglot:
+    """Omniglot from `data_root`, read once for every page and every browser session of this server (about
+    100 MB of drawings)."""
+    return load_omniglot(data_root, download=False)
 
 
 def dataset_warning() -> bool:

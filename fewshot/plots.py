@@ -93,6 +93,11 @@ def probe_curves(records: list, measure: str, height: int = 260) -> tuple[dict, 
     return spec, rows
 
 
+def ink_picture(ink: np.ndarray, scale: int) -> np.ndarray:
+    """A drawing's ink (1.0 on 0.0) as black on white, each pixel a square of scale x scale: sharp, not blurred."""
+    return np.kron(1 - ink, np.ones((scale, scale))).clip(0, 1)
+
+
 def task_picture(batch: TaskBatch, task: int = 0, scale: int = 3, gap: int = 4) -> np.ndarray:
     """One task as a uint8 grey image, black ink on white: a row per class, its support drawings on the left,
     then a wider gap, then its query drawings."""

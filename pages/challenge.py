@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from app_ui import dataset_warning
+import app_ui as ui
 from fewshot import challenge, runs, scoreboard
 from fewshot.adaptation import idle_threads
 from fewshot.checkpoints import CheckpointError, load_checkpoint
 from fewshot.config import Config
-from fewshot.omniglot import DatasetNotFound, load_omniglot
+from fewshot.omniglot import DatasetNotFound
+from fewshot.plots import ink_picture
 
 LETTERS = "ABCDEFGHIJKLMNOPQRST"  # the classes' labels, for up to 20 ways
 PER_ROW = 10  # support drawings per row: a 20-way task takes two rows
@@ -33,9 +34,9 @@ state.setdefault("challenge_played", {})  # (level, seed, number) -> the student
 # confidences and the truth
 
 
-@st.cache_resource(show_spinner="Loading Omniglot ...")
+@st.cache_resource(show_spinner=False)
 def unseen_characters(data_root: str):
-    return challenge.unseen_characters(load_omniglot(data_root, download=False))
+    return challenge.unseen_characters(ui.omniglot(data_root))
 
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=4)
@@ -50,7 +51,7 @@ def room_standings(path: str) -> list:
 
 def enlarged(ink, scale: int) -> np.ndarray:
     """Ink as black on white, each pixel a square of scale x scale (sharp, not blurred), in a grey frame."""
-    return np.pad(np.kron(1 - ink.numpy(), np.ones((scale, scale))).clip(0, 1), 1, constant_values=0.7)
+    return np.pad(ink_picture(ink.numpy(), scale), 1, constant_values=0.7)
 
 
 def open_scoreboard():
@@ -177,7 +178,7 @@ def show_room(board) -> None:
 st.title("You against the model")
 st.caption("One drawing each of characters you have never seen, then new drawings: which is which? The MAML "
            "model gets the same tasks and a few gradient steps on the same drawings. Settings in the sidebar.")
-if not dataset_warning():
+if not ui.dataset_warning():
     st.stop()
 try:
     data = unseen_characters(Config().data_root)

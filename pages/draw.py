@@ -27,7 +27,9 @@ from fewshot.adaptation_plots import adaptation_curves, probability_bars
 from fewshot.checkpoints import CheckpointError, load_checkpoint
 from fewshot.config import Config
 from fewshot.drawing import BlankDrawing, drawing_to_ink
-from fewshot.omniglot import DatasetNotFound, load_omniglot, split_characters
+from fewshot.omniglot import DatasetNotFound, split_characters
+from fewshot.plots import ink_picture
+import app_ui as ui
 
 CANVAS_SIZE, STROKE_WIDTH, PREVIEW_SIZE = 140, 8, 56
 TOOLBAR_WIDTH = 40  # the canvas' undo, redo and reset buttons, beside it (CANVAS_STYLE)
@@ -111,11 +113,6 @@ def warmed_up(name: str, model, metadata):
     return model, metadata
 
 
-@st.cache_resource(show_spinner="Loading Omniglot ...")
-def omniglot(data_root: str):
-    return load_omniglot(data_root, download=False)
-
-
 @st.cache_resource(show_spinner=False, max_entries=1024)
 def model_input(png: bytes) -> np.ndarray | None:
     """The 28x28 ink image the model sees for a canvas' PNG; None for a blank canvas."""
@@ -127,8 +124,7 @@ def model_input(png: bytes) -> np.ndarray | None:
 
 def picture(ink: np.ndarray, size: int) -> np.ndarray:
     """Ink as black on white, enlarged without blurring to about `size` pixels."""
-    scale = max(1, size // ink.shape[0])
-    return np.kron(1 - ink, np.ones((scale, scale))).clip(0, 1)
+    return ink_picture(ink, max(1, size // ink.shape[0]))
 
 
 def choose_checkpoint():
@@ -191,7 +187,7 @@ def clear(slots: list, names: int = 0) -> None:
 
 def fill_from_omniglot(metadata: dict, ways: int, shots: int) -> None:
     """Fills every slot with Omniglot drawings of characters the checkpoint never saw (its test split)."""
-    data = omniglot(Config().data_root)
+    data = ui.omniglot(Config().data_root)
     characters = split_characters(data, metadata["split"])["test"]
     support, query, answer, names = omniglot_examples(data, characters, ways, shots, seed=state.draw_fills)
     state.draw_fills += 1

@@ -4,9 +4,10 @@ import streamlit as st
 
 from fewshot import runs
 from fewshot.config import Config
-from fewshot.omniglot import DatasetNotFound, load_omniglot, split_characters
+from fewshot.omniglot import DatasetNotFound, split_characters
 from fewshot.plots import task_picture
 from fewshot.tasks import TaskSampler
+import app_ui as ui
 
 st.title("Few-shot learning with MAML")
 
@@ -49,10 +50,10 @@ The Compare page measures both on this machine.
 st.subheader("A 5-way 1-shot task from Omniglot")
 
 
-@st.cache_resource(show_spinner="Loading Omniglot ...")
+@st.cache_resource(show_spinner=False)
 def evaluation_sampler(data_root: str) -> TaskSampler:
     """5-way 1-shot tasks, 4 queries per class, from the evaluation alphabets."""
-    data = load_omniglot(data_root, download=False)
+    data = ui.omniglot(data_root)
     return TaskSampler(data.ink, split_characters(data, "lake")["test"], ways=5, shots=1, queries=4)
 
 
