@@ -46,11 +46,11 @@ def run_view(all_runs: list) -> None:
         try:
             now = run.status()
             progress, stop = st.columns([5, 2], vertical_alignment="center")
+            with progress:  # first: when the button says "Stopping ...", the progress already says it too
+                ui.run_status(run, now)
             with stop:
                 if now == runs.RUNNING:
                     ui.stop_button([run], key="train_stop", label="Stop training")
-            with progress:
-                ui.run_status(run, now)
             ui.curves_chart({"": run.metrics()}, x, run.config().ways, key="train_chart")
         except FileNotFoundError:  # the run's folder was deleted meanwhile: the page, redrawn, says so
             st.rerun()
