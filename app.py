@@ -2,8 +2,10 @@
 
 import streamlit as st
 
+from fewshot import runs
 from fewshot.config import REPO_ROOT
 from fewshot.memory import keep_freed_memory
+import app_ui as ui
 
 keep_freed_memory()  # the Draw page's adaptation: 15-25 % faster (see fewshot/memory.py)
 st.set_page_config(page_title="fewshot: MAML on Omniglot", layout="wide",
@@ -15,5 +17,7 @@ pages = [st.Page("pages/home.py", title="Home", icon=":material/home:", default=
          st.Page("pages/draw.py", title="Draw", icon=":material/draw:"),
          st.Page("pages/challenge.py", title="Challenge", icon=":material/sports_esports:")]
 page = st.navigation(pages)
+ui.queue_dispatcher(str(runs.runs_root()))  # starts queued runs as places free, from the first visit on
+ui.instructor_sidebar()
 st.session_state.page_before, st.session_state.page_now = st.session_state.get("page_now"), page.title
 page.run()

@@ -2,10 +2,13 @@
 and Omniglot loaded once per server. It lives outside pages/ so that Streamlit never mistakes it for a page."""
 
 import dataclasses
+import secrets
+import threading
+import time
 
 import streamlit as st
 
-from fewshot import limits, runs
+from fewshot import access, limits, runs
 from fewshot.config import Config
 from fewshot.omniglot import Omniglot, load_omniglot
 from fewshot.plots import X_AXES, training_curves
@@ -22,7 +25,60 @@ ADVANCED = ("val_every", "val_tasks", "checkpoint_every", "test_tasks", "test_in
 FORM_FIELDS = [name for names in FORM_GROUPS.values() for name in names] + list(ADVANCED)
 FLOAT_STEPS = {"inner_lr": 0.05, "outer_lr": 0.0005}
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-STATUS_ICONS = {runs.FINISHED: "check_circle", runs.STOPPED: "stop_circle", runs.FAILED: "error"}  # Material icons
+STATUS_ICONS = {runs.FINISHED: "check_circle", runs.STOPPED: "stop_circle", runs.FAILED: "error",
+                runs.INTERRUPTED: "power_off", runs.QUEUED: "hourglass_top"}  # Material icons
+NEEDS_KEY = "Needs the instructor key (in the sidebar)."
+WRONG_KEY_DELAY = 1.0  # seconds a wrong instructor key waits: guessing it costs time
+
+
+@st.cache_resource
+def queue_dispatcher(root: str) -> threading.Thread:
+    """The server's one thread that starts queued runs when a place frees (runs.dispatch_forever), one per
+    runs folder; app.py asks for it on every page, so it runs from the server's first visitor on."""
+    thread = threading.Thread(target=runs.dispatch_forever, args=(root,), name="fewshot-queue", daemon=True)
+    thread.start()
+    return thread
+
+
+def session_id() -> str:
+    """This browser session's id, which the runs it starts record as their owner."""
+    return st.session_state.setdefault("session_id", secrets.token_hex(8))
+
+
+def has_key() -> bool:
+    """Whether this session entered the instructor key."""
+    return st.session_state.get("instructor", False)
+
+
+def may_manage() -> bool:
+    """Whether this session may start, resume and delete runs and keep checkpoints (fewshot/access.py)."""
+    return access.may_manage(has_key())
+
+
+def instructor_sidebar() -> None:
+    """Where FEWSHOT_INSTRUCTOR_KEY is set: the key's field in the sidebar, or that it was entered."""
+    if access.instructor_key() is None:
+        return
+    with st.sidebar:
+        if has_key():
+            st.caption(":material/lock_open: Instructor: you may start, stop, resume and delete runs.")
+            return
+        with st.form("instructor_form", border=False):
+            st.text_input("Instructor key", type="password", key="instructor_entered",
+                          help="Starting, resuming and deleting runs and keeping checkpoints need it. Everyone "
+                               "may watch runs, draw and play.")
+            st.form_submit_button("Unlock", on_click=_check_key)
+        if st.session_state.pop("instructor_wrong", False):
+            st.error("That is not the instructor key.", icon=":material/key_off:")
+
+
+def _check_key() -> None:
+    if access.is_right_key(st.session_state.get("instructor_entered", "")):
+        st.session_state["instructor"] = True
+    else:
+        time.sleep(WRONG_KEY_DELAY)
+        st.session_state["instructor_wrong"] = True
+    st.session_state["instructor_entered"] = ""
 
 
 @st.cache_resource(show_spinner="Loading Omniglot ...")
@@ -80,12 +136,16 @@ def form_expander(label: str, prefix: str):
 
 
 def concurrent_note(all_runs: list) -> None:
-    """A note inside the form, above Start, when runs are training already: one more shares the cores."""
-    running = [run.name for run in all_runs if run.is_running()]
-    if running:
-        st.warning(f"Training now: {', '.join(running)}. Start adds a run beside "
-                   f"{'it' if len(running) == 1 else 'them'}: they share this server's cores, and each goes slower "
-                   f"(at most {limits.max_runs()} at once).", icon=":material/warning:")
+    """A note inside the form, above Start, when runs are training or waiting already."""
+    statuses = [run.status() for run in all_runs]
+    running, queued, limit = statuses.count(runs.RUNNING), statuses.count(runs.QUEUED), limits.max_runs()
+    if running + queued >= limit:
+        waiting = f", {queued} waiting" if queued else ""
+        st.info(f"{running} {'run' if running == 1 else 'runs'} training{waiting}; this server trains {limit} at once. Start queues the new run: "
+                "it starts by itself when a place frees.", icon=":material/hourglass_top:")
+    elif running:
+        st.warning(f"{running} {'run' if running == 1 else 'runs'} training now. Start adds a run beside them: "
+                   f"they share this server's cores (at most {limit} at once).", icon=":material/warning:")
 
 
 def start_button(label: str, prefix: str, preset_name: str, start, disabled: bool, exclude: tuple = ()) -> None:
@@ -96,8 +156,9 @@ def start_button(label: str, prefix: str, preset_name: str, start, disabled: boo
     causes. Code after `if st.form_submit_button(...)` would not run when the next press, or any rerun,
     interrupts the script before it: of ten presses 0.3 s apart, eight were lost without a word.
     """
-    st.form_submit_button(label, type="primary", disabled=disabled, on_click=_start_pressed,
-                          args=(prefix, preset_name, start, exclude))
+    allowed = may_manage()
+    st.form_submit_button(label, type="primary", disabled=disabled or not allowed, on_click=_start_pressed,
+                          args=(prefix, preset_name, start, exclude), help=None if allowed else NEEDS_KEY)
 
 
 def start_message(prefix: str) -> None:
@@ -112,6 +173,8 @@ def start_message(prefix: str) -> None:
 
 def _start_pressed(prefix: str, preset_name: str, start, exclude: tuple) -> None:
     try:
+        if not may_manage():  # the button is disabled then; a press sent anyway is refused here
+            raise ValueError(NEEDS_KEY)
         message = ("success", start(make_config(prefix, preset_name, exclude)))
         st.session_state[f"{prefix}_form_open"] = False  # the run, above the form, in view
     except (ValueError, OSError) as error:  # OSError: the runs folder cannot be written
@@ -126,18 +189,53 @@ def cannot(what: str, error: Exception) -> str:
             f"Cannot {what}:\n" + "\n".join(f"- {problem}" for problem in problems))
 
 
+def started_message(started: list) -> str:
+    """What Start did: the runs it started, or queued with their place."""
+    names = " and ".join(run.name for run in started)
+    if started[0].status() != runs.QUEUED:
+        return f"Started {'run' if len(started) == 1 else 'runs'} {names}: progress and curves are below."
+    ahead = runs.queue_place(started[0])
+    return (f"Queued {names}: {ahead} {'run' if ahead == 1 else 'runs'} ahead. This server trains "
+            f"{limits.max_runs()} at once; {'it starts' if len(started) == 1 else 'they start'} by itself when a "
+            "place frees.")
+
+
 def stop_button(running: list, key: str, label: str = "Stop") -> None:
-    """Stops the `running` runs. The press stops them in its callback, first thing in the rerun it causes,
-    so the button shows "Stopping ..." (disabled) at once, before anything else is drawn."""
+    """Stops the `running` runs (those this session may stop). The press stops them in its callback, first thing
+    in the rerun it causes, so the button shows "Stopping ..." (disabled) at once, before anything else is drawn."""
+    allowed = all(access.may_stop(run.owner(), session_id(), has_key()) for run in running)
     stopping = all((run.path / runs.STOP_REQUESTED).exists() for run in running)
-    st.button("Stopping ..." if stopping else label, key=key, type="primary", disabled=stopping, on_click=_stop,
-              args=(running,),
-              help="Each run finishes its iteration, saves its checkpoint and ends.")
+    st.button("Stopping ..." if stopping else label, key=key, type="primary", disabled=stopping or not allowed,
+              on_click=_stop, args=(running,),
+              help="Each run finishes its iteration, saves its checkpoint and ends." if allowed else
+              "Needs the instructor key (in the sidebar), or to have started the run in this browser tab.")
 
 
 def _stop(running: list) -> None:
     for run in running:
-        runs.stop(run)
+        if access.may_stop(run.owner(), session_id(), has_key()):
+            runs.stop(run)
+
+
+def resume_button(run: runs.Run, prefix: str, label: str = "Resume") -> None:
+    """Resume, for a stopped or interrupted run: it continues from its last saved iteration, through the queue.
+    What happened shows as the page's start_message(prefix)."""
+    st.button(label, key=f"{prefix}_resume_{run.name}", on_click=_resume, args=(run, prefix),
+              disabled=not may_manage(), icon=":material/replay:",
+              help="Continues from the last saved iteration; waits in the queue if the server is full."
+              if may_manage() else NEEDS_KEY)
+
+
+def _resume(run: runs.Run, prefix: str) -> None:
+    try:
+        if not may_manage():
+            raise ValueError(NEEDS_KEY)
+        runs.resume(run)
+        message = ("success", f"Resuming run {run.name}." if run.status() != runs.QUEUED else
+                   f"Run {run.name} waits for a place: {runs.queue_place(run)} runs ahead.")
+    except (ValueError, OSError) as error:
+        message = ("error", cannot("resume", error))
+    st.session_state[f"{prefix}_start_message"] = message
 
 
 def run_status(run: runs.Run, status: str) -> None:
@@ -145,7 +243,11 @@ def run_status(run: runs.Run, status: str) -> None:
     how many lines of its metrics could not be read, and the error of a failed run."""
     progress = run.progress()
     parts = [f"**{run.name}**", f"iteration {progress.iteration} / {progress.iterations}"]
-    if status != runs.RUNNING:
+    if status == runs.QUEUED:
+        ahead = runs.queue_place(run)
+        parts.append(f":material/{STATUS_ICONS[status]}: queued, {ahead} {'run' if ahead == 1 else 'runs'} ahead: "
+                     "starts by itself when a place frees")
+    elif status != runs.RUNNING:
         parts.append(f":material/{STATUS_ICONS[status]}: {status}")
     elif (run.path / runs.STOP_REQUESTED).exists():
         parts.append("stopping: finishing this iteration and saving ...")
@@ -164,6 +266,10 @@ def run_status(run: runs.Run, status: str) -> None:
     if status == runs.FAILED:
         st.error(f"Run {run.name} failed: {run.error() or 'it ended without a word (killed?)'}",
                  icon=":material/error:")
+    if status == runs.INTERRUPTED:
+        st.warning(f"Run {run.name} was interrupted: its process ended without a word (the server or the machine "
+                   "restarted, or it was killed). Resume continues it from its last saved iteration.",
+                   icon=":material/power_off:")
 
 
 def x_axis_choice(key: str) -> str:

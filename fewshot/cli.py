@@ -1,6 +1,7 @@
 """python -m fewshot train | evaluate | bench"""
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import time
@@ -12,7 +13,7 @@ from .evaluation import TEST_SEED, evaluate
 from .memory import keep_freed_memory
 from .omniglot import DRAWINGS_PER_CHARACTER, DatasetNotFound, load_omniglot, split_characters
 from .tasks import TaskSampler
-from .training import CHECKPOINT, CONFIG, RunInUse, train
+from .training import CHECKPOINT, CONFIG, ENDED, RunInUse, train
 
 MAX_TEST_TASKS, MAX_TEST_INNER_STEPS = 100_000, 100  # evaluate: a few hours on a CPU at most
 
@@ -36,6 +37,14 @@ def config_from_args(args, base: dict | None = None) -> Config:
 
 def train_command(args) -> None:
     run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        train_run(args, run_dir)
+    finally:  # an error, a stop, the end: the app tells these from a process that died without a word
+        with contextlib.suppress(OSError):  # a full disk: the run then reads as interrupted, and resumes
+            (run_dir / ENDED).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+
+
+def train_run(args, run_dir: Path) -> None:
     if args.resume:
         saved = saved_config(run_dir)
         config = config_from_args(args, base=saved.to_dict())

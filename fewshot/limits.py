@@ -50,10 +50,21 @@ def max_memory_gb() -> float:
 
 
 def max_runs() -> int:
-    """How many runs may train at once: FEWSHOT_MAX_RUNS, else one per core, and at least the two of a
-    comparison. Each run trains on one thread (runs.start), so each has a core; more runs than cores slow
-    every run and every page alike (ten runs on two cores took 9.8 GB, and the Draw page 50 s to load)."""
-    return _setting("FEWSHOT_MAX_RUNS", max(2, len(os.sched_getaffinity(0))))
+    """How many runs may train at once, on this server or its Ray cluster: FEWSHOT_MAX_RUNS, else one per
+    core but one, left to the pages, and at least the two of a comparison (on two cores, the runs' lower
+    priority leaves the pages their share). More runs than cores slow every run and every page alike: ten
+    runs on two cores took 9.8 GB, and the Draw page 50 s to load. Runs started beyond it wait in a queue."""
+    return _setting("FEWSHOT_MAX_RUNS", max(2, _cores() - 1))
+
+
+def threads_per_run() -> int:
+    """The torch threads of each run: the cores but one shared out among max_runs() runs, at least one, so
+    that running trainers never fight over cores."""
+    return max(1, (_cores() - 1) // max_runs())
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
 
 
 def memory_gb(config: Config) -> float:

@@ -1,13 +1,20 @@
 """Training runs as background processes: start, stop, list and read them, for the app. No streamlit here.
 
-Each run is its own process, `python -m fewshot train --run-dir <dir> ...`, started in a new session so
-that it never blocks a page and outlives a restart of the web server. Everything about a run lives in its
-directory: training.py's files (config.json, metrics.jsonl, checkpoint.safetensors, evaluation.json) and
-three written here:
-    launch.json     the process id, the configuration it was started with, and its comparison, if any
+Each run is its own process, `python -m fewshot train --run-dir <dir> ...`, started by a launcher
+(launchers.py: on this machine in a session of its own, so that it never blocks a page and outlives a restart
+of the web server; or as a job of a Ray cluster). At most limits.max_runs() train at once, counted across
+every browser session and server: a run started beyond that waits in a queue, in its folder, and dispatch()
+starts it when a place frees (the server calls it every few seconds; app_ui.queue_dispatcher). Everything
+about a run lives in its directory: training.py's files (config.json, metrics.jsonl,
+checkpoint.safetensors, evaluation.json), cli.py's `ended` (written when the training process exits through
+Python, whatever the outcome) and three written here:
+    launch.json     when it was queued and with what arguments, the configuration, its comparison, the
+                    browser session that started it, and what its launcher needs to find it (a process id)
     stop_requested  written by stop(): the run was asked to stop, so ending early is not a failure
     train.log       the process' output; its last line says why a failed run failed
 A run's status is read from these files alone, so every page, browser tab and server sees the same runs.
+A run whose process vanished without a word (the machine rebooted, the process was killed) is interrupted,
+and resume() queues it again from its last saved iteration.
 Any of them may be missing, half-written or garbled (a crash, a disk error, a hand edit, a folder deleted
 while a page shows it): what cannot be read counts as missing.
 """
@@ -17,8 +24,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -26,17 +31,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import files, limits, metrics
+from . import files, launchers, limits, metrics
 from .config import REPO_ROOT, Config
 from .omniglot import SETS
-from .training import CHECKPOINT, CONFIG, EVALUATION, METRICS, TRAINING_STATE
+from .training import CHECKPOINT, CONFIG, ENDED, EVALUATION, METRICS, TRAINING_STATE
 
 LAUNCH, STOP_REQUESTED, LOG = "launch.json", "stop_requested", "train.log"
-START_LOCK = ".start.lock"  # in the runs folder: held while runs are counted and one starts (admission)
-RUNNING, FINISHED, STOPPED, FAILED = "running", "finished", "stopped", "failed"
+START_LOCK = ".start.lock"  # in the runs folder: held while runs are queued, counted and started (dispatch)
+QUEUED, RUNNING, FINISHED, STOPPED, FAILED, INTERRUPTED = (
+    "queued", "running", "finished", "stopped", "failed", "interrupted")
+MAX_QUEUED = 20  # runs waiting at once, per runs folder: each holds a folder and a place in every page's menu
+DISPATCH_EVERY = 2.0  # seconds between the server's looks at the queue
 CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_READERS = 64  # metrics readers kept, for the runs read last; each holds its run's records (59,000: 47 MB)
-TRAINING_NICENESS = 10  # runs yield the cores to the web server: a click is answered at once, charts keep pace
 # What a fair comparison of MAML and FOMAML may differ in besides the algorithm: where the data is, and how
 # often the run is validated, saved, probed, and how it is tested. Anything else changes what is learned or
 # how fast (the engine, the device), so a difference would be read as the algorithms'.
@@ -145,12 +152,20 @@ class Run:
         return self.path / CHECKPOINT
 
     def is_running(self) -> bool:
-        pid = self.launch().get("pid")
-        return pid is not None and _process_alive(pid, self.path)
+        launch = self.launch()
+        return _has_process(launch) and launchers.launcher_of(launch).is_alive(launch, self.path)
+
+    def is_queued(self) -> bool:
+        """Whether the run waits for a place to train (dispatch starts it): queued, not started, not stopped."""
+        launch = self.launch()
+        return "arguments" in launch and not _has_process(launch) and not (self.path / STOP_REQUESTED).exists()
 
     def status(self) -> str:
         if self.is_running():
             return RUNNING
+        if self.is_queued():
+            return QUEUED
+        launch = self.launch()
         if (self.path / EVALUATION).exists():
             return FINISHED
         config, records = self.config(), self.metrics()
@@ -160,6 +175,8 @@ class Run:
             return STOPPED
         if not (self.path / LAUNCH).exists() and self.checkpoint.exists():
             return STOPPED  # started from the command line and ended early: Ctrl-C, or we cannot tell
+        if _has_process(launch) and not (self.path / ENDED).exists():
+            return INTERRUPTED  # its process vanished without a word: killed, or the machine restarted
         return FAILED
 
     def error(self) -> str | None:
@@ -179,6 +196,10 @@ class Run:
     def comparison(self) -> str | None:
         return self.launch().get("comparison")
 
+    def owner(self) -> str | None:
+        """The browser session that started the run (None: the command line, or an older run)."""
+        return self.launch().get("owner")
+
     def label(self) -> str:
         """One line for menus: the name (with the algorithm and task, where the name does not say them: an
         older run's), the iterations asked for, and whether it is running. Menus that show it are keyed, so
@@ -186,7 +207,8 @@ class Run:
         config = self.config()
         task = short_description(config)
         name = self.name if self.name.startswith(task) else f"{self.name} · {task}"
-        return f"{name} · {config.iterations:,} it" + (" · ● running" if self.is_running() else "")
+        mark = " · ● running" if self.is_running() else " · queued" if self.is_queued() else ""
+        return f"{name} · {config.iterations:,} it" + mark
 
 
 def short_description(config: Config) -> str:
@@ -312,45 +334,55 @@ def list_runs(root: Path | None = None) -> list:
     return sorted((run for run in runs if _readable(run)), key=lambda run: run.started(), reverse=True)
 
 
-def start(config: Config, root: Path | None = None, threads: int = 1) -> Run:
-    """Starts `python -m fewshot train` for `config` in a new run directory under `root`; returns at once.
+def start(config: Config, root: Path | None = None, owner: str | None = None) -> Run:
+    """Queues `python -m fewshot train` for `config` in a new run directory under `root`, and starts it at once
+    if a place is free (dispatch); returns at once. `owner`: the browser session that started it.
 
-    ValueError, naming every problem, when `config` asks more than this server allows or enough runs are
-    training already (admission).
+    ValueError, naming every problem, when `config` asks more than this server allows, or the queue is full.
 
-    `threads`: the process' torch threads (OMP_NUM_THREADS). One by default: on a two-core machine that is also
-    serving the app and drawing its charts, two threads per run were 13 times slower than one (the quick class
-    demo, 3.1 against 0.23 s per meta-update, with other work on the cores), their OpenMP threads waiting for
-    each other whenever a core is taken. The process runs at a lower priority (TRAINING_NICENESS) than the web
-    server, so that the pages answer at once while runs take every core.
+    Each run trains on limits.threads_per_run() torch threads (OMP_NUM_THREADS): one on a two-core machine.
+    There, two threads per run were 13 times slower than one (the quick class demo, 3.1 against 0.23 s per
+    meta-update, with other work on the cores), their OpenMP threads waiting for each other whenever a core
+    is taken. The process runs at a lower priority than the web server (launchers.TRAINING_NICENESS), so that
+    the pages answer at once while runs take every core.
     """
-    root = Path(root or runs_root()).resolve()
-    with admission([config], root):
-        return _launch(config, root, threads=threads)
+    return _start_together([config], root, owner, comparison=None)[0]
 
 
-def start_comparison(config: Config, root: Path | None = None) -> list:
+def start_comparison(config: Config, root: Path | None = None, owner: str | None = None) -> list:
     """MAML and FOMAML on `config`: same seed, so the same initial weights and the same tasks (training.py).
 
-    Both run at once, one torch thread each, so that on a two-core machine each has a core of its own and
-    their seconds per iteration compare fairly. Both start, or neither (a ValueError, as for start).
+    Both are queued as one: they start together, on the same number of threads, so that each has its own
+    cores and their seconds per iteration compare fairly. Both are queued, or neither (a ValueError).
     """
-    root = Path(root or runs_root()).resolve()
     comparison = time.strftime("%Y%m%d-%H%M%S") + "-compare"  # the pair's id, in launch.json
     configs = [Config.from_dict({**config.to_dict(), "algorithm": algorithm}) for algorithm in ("maml", "fomaml")]
-    with admission(configs, root):
-        return [_launch(config, root, comparison) for config in configs]
+    return _start_together(configs, root, owner, comparison)
 
 
-@contextmanager
-def admission(configs: list, root: Path):
-    """Lets runs of `configs` start in the runs folder `root` inside the `with` block; else ValueError, naming
-    every problem: a configuration over this server's limits (limits.check), or more runs training at once
-    than limits.max_runs() allows, counting those under `root` and these.
+def _start_together(configs: list, root: Path | None, owner: str | None, comparison: str | None) -> list:
+    root = Path(root or runs_root()).resolve()
+    _check_admissible(configs)
+    root.mkdir(parents=True, exist_ok=True)
+    with _queue_lock(root):
+        waiting = sum(run.is_queued() for run in list_runs(root))
+        if waiting + len(configs) > MAX_QUEUED:
+            raise ValueError(f"{waiting} runs are waiting to train already, the most this server queues is "
+                             f"{MAX_QUEUED}. Wait for some to start, or stop one.")
+        queued, threads = time.time(), limits.threads_per_run()
+        new_runs = []
+        for config in configs:
+            run = Run(_new_run_dir(root, run_name(config, queued)))
+            _queue(run, config_arguments(config), config, {"started": queued, "comparison": comparison,
+                                                          "owner": owner, "threads": threads})
+            new_runs.append(run)
+    dispatch(root)
+    return new_runs
 
-    The count and the start happen under an exclusive lock of a file in `root` (flock), so that two sessions,
-    or two servers, pressing Start at once cannot both pass the count before either run exists.
-    """
+
+def _check_admissible(configs: list) -> None:
+    """ValueError, naming every problem, where `configs` ask more than this server allows (limits.check), or
+    more places than it has: a comparison's two runs train together."""
     problems = list(dict.fromkeys(problem for config in configs for problem in limits.check(config)))
     if problems:  # dict.fromkeys: a comparison's two configurations have the same problems; each is said once
         raise ValueError("\n".join(problems))
@@ -358,50 +390,113 @@ def admission(configs: list, root: Path):
     if len(configs) > limit:
         raise ValueError(f"A comparison trains {len(configs)} runs at once; this server trains at most {limit} "
                          "(FEWSHOT_MAX_RUNS).")
-    root.mkdir(parents=True, exist_ok=True)
+
+
+def _queue(run: Run, arguments: list, config: Config, launch: dict) -> None:
+    """Puts `run` at the end of the queue: `python -m fewshot train --run-dir <run> arguments`, for `config`.
+    `launch`: what launch.json keeps of the run (started, comparison, owner, threads)."""
+    for name in (STOP_REQUESTED, ENDED):
+        (run.path / name).unlink(missing_ok=True)
+    launch = {**launch, "queued": time.time(), "arguments": arguments, "config": config.to_dict()}
+    files.write_text(run.path / LAUNCH, json.dumps(launch, indent=2) + "\n")
+
+
+def dispatch(root: Path | None = None) -> list:
+    """Starts the runs queued under `root`, first come first served, while fewer than limits.max_runs() train
+    there; returns those it started. A comparison's two runs start together, when two places are free; the
+    runs queued after it wait for it. The count and the starts happen under an exclusive lock of a file in
+    `root` (flock), so that two sessions, or two servers, cannot both fill the last place."""
+    root = Path(root or runs_root()).resolve()
+    if not root.is_dir():
+        return []
+    with _queue_lock(root):
+        listed = list_runs(root)
+        free = limits.max_runs() - sum(run.is_running() for run in listed)
+        started = []
+        for group in _queued_groups(listed):
+            if len(group) > free:
+                break
+            for run in group:
+                _launch(run)
+            free, started = free - len(group), started + group
+        return started
+
+
+def dispatch_forever(root: Path, every: float = DISPATCH_EVERY) -> None:
+    """dispatch(root) every `every` seconds, for ever: the server's thread that starts queued runs when a place
+    frees, whichever process ended, and after a restart of the server. An error (a full disk) is printed to the
+    server's log and tried again."""
+    while True:
+        try:
+            dispatch(root)
+        except Exception as error:  # noqa: BLE001 - the server's one dispatcher must outlive any one run's fault
+            print(f"fewshot: starting queued runs in {root} failed: {error}", file=sys.stderr, flush=True)
+        time.sleep(every)
+
+
+def queue_place(run: Run, listed: list | None = None) -> int:
+    """How many queued runs start before `run` (its comparison's other run not counted); `listed`: the runs
+    of its folder, if at hand."""
+    groups = _queued_groups(listed if listed is not None else list_runs(run.path.parent))
+    ahead = 0
+    for group in groups:
+        if run in group:
+            return ahead
+        ahead += len(group)
+    return ahead
+
+
+def _queued_groups(listed: list) -> list:
+    """The queued runs among `listed`, in the order they start: lists of one run, or of a comparison's two."""
+    queued = sorted((run for run in listed if run.is_queued()),
+                    key=lambda run: (run.launch()["queued"], run.name))
+    groups = {}
+    for run in queued:
+        groups.setdefault(run.comparison() or run.name, []).append(run)
+    return list(groups.values())
+
+
+def _launch(run: Run) -> None:
+    """Starts the queued `run`'s training process through the launcher of this server (launchers.launcher),
+    and records what the launcher needs to find it again in launch.json."""
+    launch = run.launch()
+    command = [sys.executable, "-m", "fewshot", "train", "--run-dir", str(run.path)] + launch["arguments"]
+    threads = str(launch.get("threads", 1))
+    environment = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
+                       TQDM_MININTERVAL="10")  # the log gets a progress line every 10 s, not every iteration
+    found = launchers.launcher().launch(run.path, command, environment, run.path / LOG, int(threads))
+    launch = {**launch, **found, "command": command, "launched": time.time()}
+    files.write_text(run.path / LAUNCH, json.dumps(launch, indent=2) + "\n")
+
+
+@contextmanager
+def _queue_lock(root: Path):
+    """An exclusive lock of the runs folder `root`, across processes, while the queue is read and changed."""
     with open(root / START_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # waits for any other start; released when the file is closed
-        running = [run for run in list_runs(root) if run.is_running()]
-        if len(running) + len(configs) > limit:
-            count = f"{len(running)} run is" if len(running) == 1 else f"{len(running)} runs are"
-            together = f", and a comparison starts {len(configs)} at once" if len(configs) > 1 else ""
-            raise ValueError(f"{count} training (limit {limit}){together}: "
-                             f"{', '.join(run.name for run in running)}. Stop one, or wait.")
+        fcntl.flock(lock, fcntl.LOCK_EX)  # waits for any other holder; released when the file is closed
         yield
 
 
-def _launch(config: Config, root: Path, comparison: str | None = None, threads: int = 1) -> Run:
-    """Starts the training process of `config` in a new run directory under `root` (named by run_name)."""
-    started = time.time()
-    run_dir = _new_run_dir(root, run_name(config, started))
-    _spawn(run_dir, config_arguments(config), config, started, comparison, threads)
-    return Run(run_dir)
-
-
-def _spawn(run_dir: Path, arguments: list, config: Config, started: float, comparison: str | None,
-           threads: int = 1) -> None:
-    """Runs `python -m fewshot train --run-dir run_dir arguments` in the background, and writes launch.json."""
-    command = [sys.executable, "-m", "fewshot", "train", "--run-dir", str(run_dir)] + arguments
-    environment = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                       TQDM_MININTERVAL="10")  # the log gets a progress line every 10 s, not every iteration
-    with open(run_dir / LOG, "ab") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    try:  # before torch starts its threads, which inherit the priority
-        os.setpriority(os.PRIO_PROCESS, process.pid, TRAINING_NICENESS)
-    except OSError:  # the process ended already: its status says why
-        pass
-    launch = {"pid": process.pid, "started": started, "command": command, "config": config.to_dict(),
-              "comparison": comparison, "threads": threads}
-    files.write_text(run_dir / LAUNCH, json.dumps(launch, indent=2) + "\n")
+def resume(run: Run) -> None:
+    """Queues a stopped or interrupted run again: it continues from its last saved iteration (training.py
+    --resume), or begins again if it died before its first save. ValueError where there is nothing to resume."""
+    status = run.status()
+    if status not in (STOPPED, INTERRUPTED):
+        raise ValueError(f"Run {run.name} is {status}: only a stopped or interrupted run can be resumed.")
+    config = run.config()
+    _check_admissible([config])
+    arguments = ["--resume"] if (run.path / CONFIG).exists() else config_arguments(config)
+    with _queue_lock(run.path.parent):
+        _queue(run, arguments, config, _kept_launch(run))
+    dispatch(run.path.parent)
 
 
 def evaluate_now(run: Run) -> None:
     """Measures a stopped run's test accuracy on its last checkpoint, in a process of its own, as the end of a
     finished run does: the run resumes with its iterations cut to those it did, so meta-training has nothing
-    left and training.finish evaluates it (test_tasks tasks) and writes evaluation.json. The status reads
-    running meanwhile, then finished; Stop ends it. ValueError when the run cannot be evaluated, or when as
-    many runs are training as this server allows (admission)."""
+    left and training.finish evaluates it (test_tasks tasks) and writes evaluation.json. It goes through the
+    queue like any run; the status reads running meanwhile, then finished; Stop ends it. ValueError when the
+    run cannot be evaluated."""
     done, config = run.progress().iteration, run.config()
     if run.status() != STOPPED or done == 0 or not (run.path / TRAINING_STATE).exists():
         raise ValueError(f"Run {run.name} has no saved state to evaluate: only a run stopped after its first "
@@ -409,18 +504,37 @@ def evaluate_now(run: Run) -> None:
     if config.test_tasks == 0:
         raise ValueError(f"Run {run.name} was started with test tasks 0: it asks for no test evaluation.")
     evaluated = Config.from_dict({**config.to_dict(), "iterations": done})
-    with admission([evaluated], run.path.parent):
-        (run.path / STOP_REQUESTED).unlink(missing_ok=True)
-        _spawn(run.path, ["--resume", "--iterations", str(done)], evaluated, run.started(), run.comparison(),
-               run.launch().get("threads", 1))
+    _check_admissible([evaluated])
+    with _queue_lock(run.path.parent):
+        _queue(run, ["--resume", "--iterations", str(done)], evaluated, _kept_launch(run))
+    dispatch(run.path.parent)
+
+
+def _kept_launch(run: Run) -> dict:
+    """What a queued-again run keeps of its launch.json: when it first started, its comparison, its owner."""
+    launch = run.launch()
+    return {"started": run.started(), "comparison": run.comparison(), "owner": launch.get("owner"),
+            "threads": launch.get("threads", limits.threads_per_run())}
 
 
 def stop(run: Run) -> None:
-    """Asks the run to stop: SIGINT, on which training finishes its iteration, saves and exits."""
+    """Asks the run to stop: its launcher signals it (SIGINT), and training finishes its iteration, saves and
+    exits. A queued run leaves the queue."""
     (run.path / STOP_REQUESTED).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
-    pid = run.launch().get("pid")
-    if pid is not None and _process_alive(pid, run.path):
-        os.kill(pid, signal.SIGINT)
+    launch = run.launch()
+    if _has_process(launch):
+        launchers.launcher_of(launch).stop(launch, run.path)
+
+
+def delete(run: Run) -> None:
+    """Deletes a run's folder, for good. ValueError for a run that is training (stop it first) or that ships
+    with the app (checkpoints/runs/)."""
+    if shipped_runs_root().resolve() in run.path.resolve().parents:
+        raise ValueError(f"Run {run.name} ships with the app (its curves go with a shipped checkpoint): it stays.")
+    with _queue_lock(run.path.parent):  # not while dispatch starts it
+        if run.is_running():
+            raise ValueError(f"Run {run.name} is training: stop it first.")
+        shutil.rmtree(run.path)
 
 
 def latest_comparison(runs: list) -> list:
@@ -492,11 +606,18 @@ def _valid_launch(launch) -> bool:
     0 or a negative number would signal whole groups of processes."""
     if not isinstance(launch, dict):
         return False
-    pid, comparison = launch.get("pid"), launch.get("comparison")
+    pid, arguments = launch.get("pid"), launch.get("arguments", [])
     return ((pid is None or type(pid) is int and pid > 0)
-            and type(launch.get("started", 0.0)) in (int, float)
+            and all(type(launch.get(time, 0.0)) in (int, float) for time in ("started", "queued"))
             and isinstance(launch.get("config", {}), dict)
-            and (comparison is None or isinstance(comparison, str)))
+            and all(isinstance(launch.get(text), (str, type(None))) for text in ("comparison", "owner", "ray_job"))
+            and isinstance(arguments, list) and all(isinstance(argument, str) for argument in arguments))
+
+
+def _has_process(launch: dict) -> bool:
+    """Whether a launcher has started the run that `launch` describes (else it is queued, or was never
+    started by the app)."""
+    return launch.get("pid") is not None or launch.get("ray_job") is not None
 
 
 def _readable(run: Run) -> bool:
@@ -506,24 +627,3 @@ def _readable(run: Run) -> bool:
         return True
     except (OSError, ValueError, KeyError, TypeError):
         return False
-
-
-def _process_alive(pid: int, run_dir: Path) -> bool:
-    """Whether `pid` is still the training process of `run_dir`."""
-    try:  # our own child? Then it is alive until we reap it (which we must, or it lingers as a zombie)
-        return os.waitpid(pid, os.WNOHANG)[0] != pid
-    except ChildProcessError:  # not our child: started by an earlier server, or by another process
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # the id now belongs to another user's process
-        return False
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists():  # on Linux, make sure the id was not reused by another process
-        try:
-            return run_dir.name.encode() in cmdline.read_bytes()
-        except OSError:
-            return False
-    return True

@@ -40,6 +40,7 @@ from .tasks import TaskSampler
 CHECKPOINT, TRAINING_STATE, METRICS, CONFIG, EVALUATION, LOCK = (
     "checkpoint.safetensors", "training_state.safetensors", "metrics.jsonl", "config.json", "evaluation.json",
     "train.lock")
+ENDED = "ended"  # written by `python -m fewshot train` as it exits, whatever the outcome: a run without it died
 STOP_GRACE = 3.0  # seconds a stop waits for the current iteration before it saves the last one and exits
 
 

@@ -64,8 +64,9 @@ term steers MAML's update and first order would step elsewhere.
 
 
 def start_comparison(config) -> str:
-    st.session_state[MENU] = [run.name for run in runs.start_comparison(config)]  # the runs to show
-    return f"Started runs {' and '.join(st.session_state[MENU])}: their progress and curves are below."
+    started = runs.start_comparison(config, owner=ui.session_id())
+    st.session_state[MENU] = [run.name for run in started]  # the runs to show
+    return ui.started_message(started)
 
 
 def chosen_runs(all_runs: list) -> list:
@@ -95,19 +96,22 @@ def comparison_view(selected: list) -> None:
         st.warning("These runs differ in more than the algorithm (" + "; ".join(runs.differences(*pair)) +
                    "): the gap below is not the algorithms' alone.", icon=":material/balance:")
 
-    @ui.live(refresh=runs.RUNNING in statuses.values(), every=2.0)
+    @ui.live(refresh=bool({runs.RUNNING, runs.QUEUED} & set(statuses.values())), every=2.0)
     def live_view():
         try:
             now = {run.name: run.status() for run in selected}
-            running = [run for run in selected if now[run.name] == runs.RUNNING]
+            active = [run for run in selected if now[run.name] in (runs.RUNNING, runs.QUEUED)]
+            resumable = [run for run in selected if now[run.name] in (runs.STOPPED, runs.INTERRUPTED)]
             progress, stop = st.columns([5, 2], vertical_alignment="center")
             with progress:
                 for run in selected:
                     ui.run_status(run, now[run.name])
             with stop:
-                if running:
-                    label = "Stop both runs" if len(running) == 2 else "Stop the run"
-                    ui.stop_button(running, key="compare_stop", label=label)
+                if active:
+                    label = "Stop both runs" if len(active) == 2 else "Stop the run"
+                    ui.stop_button(active, key="compare_stop", label=label)
+                for run in resumable:
+                    ui.resume_button(run, "compare", label=f"Resume {run.config().algorithm.upper()}")
             line = runs.takeaway(*pair) if pair else None
             st.markdown(f"**{line}**" if line else "**Takeaway**: once MAML and FOMAML runs have records, "
                         "what second order costs and buys, in one line.")

@@ -11,12 +11,15 @@ MENU = "train_run_menu"  # the run menu's key: the run shown
 
 
 def start_run(config) -> str:
-    st.session_state[MENU] = runs.start(config).name  # the run to show
-    return f"Started run {st.session_state[MENU]}: its progress and curves are below."
+    run = runs.start(config, owner=ui.session_id())
+    st.session_state[MENU] = run.name  # the run to show
+    return ui.started_message([run])
 
 
 def evaluate_pressed(run: runs.Run) -> None:
     try:
+        if not ui.may_manage():
+            raise ValueError(ui.NEEDS_KEY)
         runs.evaluate_now(run)
         message = ("success", f"Measuring run {run.name}'s test accuracy on {run.config().test_tasks} tasks.")
     except (ValueError, OSError) as error:
@@ -41,7 +44,7 @@ def run_view(all_runs: list) -> None:
     run = all_runs[names.index(name)]
     status = run.status()
 
-    @ui.live(refresh=status == runs.RUNNING)
+    @ui.live(refresh=status in (runs.RUNNING, runs.QUEUED))
     def live_view():
         try:
             now = run.status()
@@ -51,6 +54,10 @@ def run_view(all_runs: list) -> None:
             with stop:
                 if now == runs.RUNNING:
                     ui.stop_button([run], key="train_stop", label="Stop training")
+                elif now == runs.QUEUED:
+                    ui.stop_button([run], key="train_stop", label="Leave the queue")
+                elif now in (runs.STOPPED, runs.INTERRUPTED):
+                    ui.resume_button(run, "train")
             ui.curves_chart({"": run.metrics()}, x, run.config().ways, key="train_chart")
         except FileNotFoundError:  # the run's folder was deleted meanwhile: the page, redrawn, says so
             st.rerun()
@@ -60,6 +67,28 @@ def run_view(all_runs: list) -> None:
     live_view()
     if status in (runs.FINISHED, runs.STOPPED) and run.checkpoint.exists():
         ended_run(run, status)
+    if status not in (runs.RUNNING, runs.QUEUED):
+        delete_button(run)
+
+
+def delete_button(run: runs.Run) -> None:
+    """Delete, behind a popover that asks once more: the run's folder goes, its records and checkpoint too."""
+    with st.popover("Delete run", icon=":material/delete:", disabled=not ui.may_manage(),
+                    help=None if ui.may_manage() else ui.NEEDS_KEY):
+        st.caption(f"Run {run.name}'s folder, its curves and its checkpoint go for good (a checkpoint kept for "
+                   "the Draw page stays).")
+        st.button(f"Delete {run.name}", key="train_delete", type="primary", on_click=delete_pressed, args=(run,))
+
+
+def delete_pressed(run: runs.Run) -> None:
+    try:
+        if not ui.may_manage():
+            raise ValueError(ui.NEEDS_KEY)
+        runs.delete(run)
+        message = ("success", f"Deleted run {run.name}.")
+    except (ValueError, OSError) as error:
+        message = ("error", ui.cannot("delete", error))
+    st.session_state["train_start_message"] = message
 
 
 def ended_run(run: runs.Run, status: str) -> None:
@@ -77,13 +106,16 @@ def ended_run(run: runs.Run, status: str) -> None:
                        f"its last checkpoint on {run.config().test_tasks} test tasks, in the background.")
         with button:
             st.button("Evaluate now", key="train_evaluate", on_click=evaluate_pressed, args=(run,),
-                      icon=":material/fact_check:")
+                      icon=":material/fact_check:", disabled=not ui.may_manage())
     keep, download = st.columns([3, 1], vertical_alignment="bottom")
     with keep:
         with st.form(f"keep_{run.name}", border=False):  # a click meant for a run deleted since is dropped
             checkpoint_name = st.text_input("Name for the Draw page", value=run.name)
-            if st.form_submit_button("Keep checkpoint for the Draw page"):
+            if st.form_submit_button("Keep checkpoint for the Draw page", disabled=not ui.may_manage(),
+                                     help=None if ui.may_manage() else ui.NEEDS_KEY):
                 try:
+                    if not ui.may_manage():
+                        raise ValueError(ui.NEEDS_KEY)
                     kept = runs.keep_checkpoint(run, checkpoint_name)
                     st.success(f"Kept as {kept.name} in {kept.parent}; the Draw page lists it.")
                 except (ValueError, OSError) as error:

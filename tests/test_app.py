@@ -244,25 +244,31 @@ def test_sizes_that_together_need_too_much_memory_are_refused_and_nothing_starts
     assert runs.list_runs() == []
 
 
-def test_every_start_press_is_answered_and_past_the_run_limit_refused_naming_the_runs(data_root, monkeypatch):
+def test_every_start_press_is_answered_and_past_the_run_limit_queued_with_its_place(data_root, monkeypatch):
     monkeypatch.setenv("FEWSHOT_MAX_RUNS", "1")
     app = open_page("pages/train.py")
     fill_form(app, iterations=100_000, **TINY)
     app.button(key="FormSubmitter:train_form-Start").click().run()
     [run] = runs.list_runs()
     [started] = [message.value for message in app.success]
-    assert started.startswith(f"Started run {run.name}:")
-    assert [w.value for w in app.warning if w.value.startswith(f"Training now: {run.name}.")]  # said before Start
-    for _ in range(3):
+    assert started.startswith(f"Started run {run.name}:") and run.is_running()
+    app.run()
+    assert [n.value for n in app.info if "1 run training; this server trains 1 at once. Start queues" in n.value]
+    for place in range(3):
         app.button(key="FormSubmitter:train_form-Start").click().run()
-        assert [message.value for message in app.error] == [
-            f"Cannot start: 1 run is training (limit 1): {run.name}. Stop one, or wait."]
+        newest = runs.list_runs()[0]
+        assert [message.value for message in app.success] == [
+            f"Queued {newest.name}: {place} {'run' if place == 1 else 'runs'} ahead. This server trains 1 at once; "
+            "it starts by itself when a place frees."]
+        assert newest.status() == runs.QUEUED and "queued, " in progress_text(app)
     app.switch_page("pages/compare.py").run()
     fill_form(app, **TINY)
     app.button(key="FormSubmitter:compare_form-Start MAML and FOMAML").click().run()
     assert [message.value for message in app.error] == [
         "Cannot start: A comparison trains 2 runs at once; this server trains at most 1 (FEWSHOT_MAX_RUNS)."]
-    assert runs.list_runs() == [run]
+    assert len(runs.list_runs()) == 4 and sum(r.is_running() for r in runs.list_runs()) == 1
+    for queued in runs.list_runs():  # that none of them starts while the fixture stops the first
+        runs.stop(queued)
 
 
 def test_the_server_listens_on_this_machine_only_and_shows_no_tracebacks():

@@ -1,12 +1,16 @@
-"""What one server lets a class ask of it (fewshot/limits.py), and runs.start refusing more."""
+"""What one server lets a class ask of it (fewshot/limits.py), runs.start refusing more, and the queue of runs
+waiting for a place to train."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from fewshot import limits, runs
-from fewshot.config import Config
+from fewshot.config import REPO_ROOT, Config
 from fewshot.presets import PRESETS, preset
 from waiting import outcomes_at_once, wait_for
 
@@ -94,40 +98,65 @@ def test_start_refuses_a_configuration_over_the_limits_and_starts_nothing(runs_f
     assert not runs_folder.exists()
 
 
-def test_start_refuses_more_runs_than_the_limit_naming_those_training(runs_folder, long_config, monkeypatch):
+def test_runs_beyond_the_limit_wait_in_a_queue_and_start_in_order_as_places_free(runs_folder, long_config,
+                                                                                 monkeypatch):
     monkeypatch.setenv("FEWSHOT_MAX_RUNS", "2")
     first = runs.start(long_config, runs_folder)
-    with pytest.raises(ValueError) as refusal:
-        runs.start_comparison(long_config, runs_folder)  # both, or neither
-    assert str(refusal.value) == (f"1 run is training (limit 2), and a comparison starts 2 at once: {first.name}. "
-                                  "Stop one, or wait.")
-    second = runs.start(long_config, runs_folder)
-    with pytest.raises(ValueError) as refusal:
-        runs.start(long_config, runs_folder)
-    assert str(refusal.value) == f"2 runs are training (limit 2): {second.name}, {first.name}. Stop one, or wait."
-    assert runs.list_runs(runs_folder) == [second, first]
+    pair = runs.start_comparison(long_config, runs_folder)  # needs two places, one is free: both wait
+    last = runs.start(long_config, runs_folder)  # one place would be free, but the pair came first
+    assert first.is_running() and [run.status() for run in pair + [last]] == [runs.QUEUED] * 3
+    assert [runs.queue_place(run) for run in pair + [last]] == [0, 0, 2]
+    assert runs.dispatch(runs_folder) == []  # still no room for the pair
     stop(first)
-    runs.start(long_config, runs_folder)  # a place is free again
+    assert sorted(runs.dispatch(runs_folder), key=pair.index) == pair  # together
+    assert all(run.is_running() for run in pair) and last.status() == runs.QUEUED
+    assert runs.queue_place(last) == 0
+    runs.stop(last)  # leaves the queue, and never starts
+    stop(pair[0])
+    assert runs.dispatch(runs_folder) == [] and last.status() == runs.STOPPED
+    assert sum(run.is_running() for run in runs.list_runs(runs_folder)) == 1
     monkeypatch.setenv("FEWSHOT_MAX_RUNS", "1")
     with pytest.raises(ValueError, match=r"^A comparison trains 2 runs at once; this server trains at most 1 "):
         runs.start_comparison(long_config, runs_folder)
 
 
-def test_two_starts_at_once_cannot_both_pass_the_limit(runs_folder, long_config, monkeypatch):
-    """Both sessions count the runs before either has started its own: only one may then start."""
+def test_the_queue_is_bounded(runs_folder, long_config, monkeypatch):
+    monkeypatch.setenv("FEWSHOT_MAX_RUNS", "1")
+    monkeypatch.setattr(runs, "MAX_QUEUED", 2)
+    monkeypatch.setattr(runs, "dispatch", lambda root=None: [])  # nothing starts: every run stays queued
+    runs.start(long_config, runs_folder)
+    runs.start(long_config, runs_folder)
+    with pytest.raises(ValueError, match="^2 runs are waiting to train already, the most this server queues is 2"):
+        runs.start(long_config, runs_folder)
+    assert len(runs.list_runs(runs_folder)) == 2
+
+
+def test_a_queued_run_is_started_by_another_process_after_a_restart(runs_folder, long_config, monkeypatch):
+    """The queue is in the runs folder: a server started later (here, another process) starts what waits."""
+    monkeypatch.setenv("FEWSHOT_MAX_RUNS", "1")
+    monkeypatch.setattr(runs, "dispatch", lambda root=None: [])  # the server that queued it goes away
+    run = runs.start(long_config, runs_folder)
+    assert run.status() == runs.QUEUED
+    monkeypatch.undo()
+    subprocess.run([sys.executable, "-c", f"from fewshot import runs; runs.dispatch({str(runs_folder)!r})"],
+                   check=True, cwd=REPO_ROOT, env=dict(os.environ, FEWSHOT_MAX_RUNS="1"))
+    assert run.status() == runs.RUNNING and run.launch()["arguments"] == runs.config_arguments(long_config)
+
+
+def test_two_starts_at_once_never_train_more_than_the_limit(runs_folder, long_config, monkeypatch):
+    """Both sessions count the runs before either has started its own: only one may then start, the other
+    waits in the queue."""
     monkeypatch.setenv("FEWSHOT_MAX_RUNS", "1")
     both_counting, list_runs = threading.Barrier(2, timeout=3), runs.list_runs
 
     def count_together(root=None):
         found = list_runs(root)
         try:
-            both_counting.wait()  # with the start lock, the other session waits for the lock instead
+            both_counting.wait()  # with the queue's lock, the other session waits for the lock instead
         except threading.BrokenBarrierError:
             pass
         return found
 
     monkeypatch.setattr(runs, "list_runs", count_together)
-    outcomes = outcomes_at_once(lambda: runs.start(long_config, runs_folder))
-    started = [outcome for outcome in outcomes if isinstance(outcome, runs.Run)]
-    refused = [str(outcome) for outcome in outcomes if isinstance(outcome, ValueError)]
-    assert len(started) == 1 and refused == [f"1 run is training (limit 1): {started[0].name}. Stop one, or wait."]
+    started = outcomes_at_once(lambda: runs.start(long_config, runs_folder))
+    assert sorted(run.status() for run in started) == [runs.QUEUED, runs.RUNNING]

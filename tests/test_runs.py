@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -15,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from fake_runs import record, run_folder
-from fewshot import metrics, runs
+from fewshot import launchers, metrics, runs
 from fewshot.checkpoints import load_checkpoint
 from fewshot.cli import add_config_options, config_from_args
 from fewshot.config import Config
+from fewshot.training import ENDED, TRAINING_STATE
 from waiting import outcomes_at_once, wait_for
 
 
@@ -79,7 +81,7 @@ def test_a_failed_run_says_why(tmp_path, tiny_config, monkeypatch):
     assert run.error().startswith("error: 1000 ways need at least 1000 classes")
 
 
-def test_a_dead_or_reused_process_id_is_not_a_running_run(tmp_path, tiny_config):
+def test_a_dead_or_reused_process_id_is_not_a_running_run_but_an_interrupted_one(tmp_path, tiny_config):
     dead = subprocess.Popen(["true"])
     dead.wait()
     for pid in (dead.pid, os.getpid()):  # gone; alive, but not this run's training
@@ -89,7 +91,31 @@ def test_a_dead_or_reused_process_id_is_not_a_running_run(tmp_path, tiny_config)
                                                        "config": tiny_config.to_dict()}))
         run = runs.Run(run_dir)
         assert not run.is_running()
-        assert run.status() == runs.FAILED and run.error() is None
+        assert run.status() == runs.INTERRUPTED and run.error() is None
+        (run_dir / ENDED).write_text("")  # the process said it ended: an error it did not survive
+        assert run.status() == runs.FAILED
+
+
+def test_a_killed_run_is_interrupted_and_resumes_from_its_last_saved_iteration(tmp_path, tiny_config):
+    run = runs.start(dataclasses.replace(tiny_config, iterations=100_000, checkpoint_every=2), tmp_path)
+    wait_for(lambda: (run.path / TRAINING_STATE).exists() and run.progress().iteration >= 4, "a saved iteration")
+    os.kill(run.launch()["pid"], signal.SIGKILL)  # as a reboot would: no word, no save
+    wait_for(lambda: not run.is_running(), "the process to die")
+    assert run.status() == runs.INTERRUPTED
+    reached = run.progress().iteration
+    runs.resume(run)
+    wait_for(lambda: run.progress().iteration > reached + 2, "the resumed run to train on")
+    assert run.is_running() and run.launch()["arguments"] == ["--resume"]
+    iterations = [record["iteration"] for record in run.metrics()]
+    assert iterations == list(range(1, len(iterations) + 1))  # cut back to the save, then on: none twice
+    runs.stop(run)
+    wait_for(lambda: not run.is_running(), "the run to stop")
+    assert run.status() == runs.STOPPED
+    with pytest.raises(ValueError, match="is running: only a stopped or interrupted run can be resumed"):
+        runs.resume(runs.start(dataclasses.replace(tiny_config, iterations=100_000), tmp_path / "other"))
+    for other in runs.list_runs(tmp_path / "other"):
+        runs.stop(other)
+        wait_for(lambda: not other.is_running(), "the other run to stop")
 
 
 def test_comparison_runs_both_orders_from_the_same_weights_on_the_same_tasks(tmp_path, tiny_config):
@@ -272,7 +298,7 @@ def test_runs_are_named_by_algorithm_task_and_time_uniquely_and_menus_mark_the_r
     first, second = runs.start(config, tmp_path), runs.start(config, tmp_path)  # in the same minute, mostly
     try:
         assert first.name != second.name and first.label().endswith(" · ● running")
-        assert os.getpriority(os.PRIO_PROCESS, first.launch()["pid"]) >= runs.TRAINING_NICENESS  # the server first
+        assert os.getpriority(os.PRIO_PROCESS, first.launch()["pid"]) >= launchers.TRAINING_NICENESS  # the server first
     finally:
         for run in (first, second):
             runs.stop(run)

@@ -1,0 +1,31 @@
+"""Who may do what on a server shared by a class: the instructor key.
+
+With FEWSHOT_INSTRUCTOR_KEY set, starting, resuming and deleting runs and keeping checkpoints need the key,
+entered once per browser session; a session without it may stop only the runs it started itself. Everyone
+may watch runs, draw, adapt and play. Unset (a teacher's own laptop), every session may do everything.
+"""
+
+import hmac
+import os
+
+
+def instructor_key() -> str | None:
+    """FEWSHOT_INSTRUCTOR_KEY, or None where the app is open to everyone."""
+    return os.environ.get("FEWSHOT_INSTRUCTOR_KEY", "").strip() or None
+
+
+def is_right_key(entered: str) -> bool:
+    """Whether `entered` is the instructor key, compared in constant time (hmac.compare_digest), so that the
+    time of an answer says nothing about how much of a guess was right."""
+    key = instructor_key()
+    return key is not None and hmac.compare_digest(entered.strip().encode(), key.encode())
+
+
+def may_manage(has_key: bool) -> bool:
+    """Whether a session may start, resume and delete runs and keep checkpoints."""
+    return has_key or instructor_key() is None
+
+
+def may_stop(owner: str | None, session: str, has_key: bool) -> bool:
+    """Whether `session` may stop a run that the browser session `owner` started."""
+    return may_manage(has_key) or owner == session

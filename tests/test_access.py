@@ -1,0 +1,37 @@
+"""Who may do what on a server shared by a class (fewshot/access.py): the instructor key."""
+
+import pytest
+
+from fewshot import access
+
+
+def test_without_a_key_every_session_may_do_everything(monkeypatch):
+    monkeypatch.delenv("FEWSHOT_INSTRUCTOR_KEY", raising=False)
+    assert access.instructor_key() is None
+    assert access.may_manage(has_key=False) and access.may_stop("someone", "me", has_key=False)
+    assert not access.is_right_key("")  # no key: nothing unlocks anything, nothing needs it
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_key_is_no_key(monkeypatch, blank):
+    monkeypatch.setenv("FEWSHOT_INSTRUCTOR_KEY", blank)
+    assert access.instructor_key() is None and access.may_manage(has_key=False)
+
+
+def test_with_a_key_only_its_holder_manages_runs_and_others_stop_only_their_own(monkeypatch):
+    monkeypatch.setenv("FEWSHOT_INSTRUCTOR_KEY", "  owl-42 ")
+    assert access.is_right_key("owl-42") and access.is_right_key(" owl-42\n")
+    for wrong in ("", "owl-4", "owl-421", "OWL-42", "owl-42x"):
+        assert not access.is_right_key(wrong), wrong
+    assert access.may_manage(has_key=True) and not access.may_manage(has_key=False)
+    assert access.may_stop("me", "me", has_key=False)
+    assert not access.may_stop("someone", "me", has_key=False) and not access.may_stop(None, "me", has_key=False)
+    assert access.may_stop("someone", "me", has_key=True)
+
+
+def test_the_key_is_compared_in_constant_time(monkeypatch):
+    """hmac.compare_digest: the time of an answer does not tell how many characters of a guess were right."""
+    compared = []
+    monkeypatch.setattr(access.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or a == b)
+    monkeypatch.setenv("FEWSHOT_INSTRUCTOR_KEY", "owl-42")
+    assert access.is_right_key("owl-42") and compared == [(b"owl-42", b"owl-42")]
