@@ -606,8 +606,8 @@ def _valid_launch(launch) -> bool:
     0 or a negative number would signal whole groups of processes."""
     if not isinstance(launch, dict):
         return False
-    pid, arguments = launch.get("pid"), launch.get("arguments", [])
-    return ((pid is None or type(pid) is int and pid > 0)
+    pid, arguments, threads = launch.get("pid"), launch.get("arguments", []), launch.get("threads", 1)
+    return ((pid is None or type(pid) is int and pid > 0) and type(threads) is int and threads > 0
             and all(type(launch.get(time, 0.0)) in (int, float) for time in ("started", "queued"))
             and isinstance(launch.get("config", {}), dict)
             and all(isinstance(launch.get(text), (str, type(None))) for text in ("comparison", "owner", "ray_job"))

@@ -199,7 +199,9 @@ def test_unreadable_metrics_lines_are_skipped_and_counted(tmp_path):
 
 
 BAD_LAUNCHES = ["{not json", "\udcff", "[1, 2]", '"text"', '{"pid": "123"}', '{"pid": 1.5}', '{"pid": true}',
-                '{"pid": 0}', '{"pid": -1}', '{"started": "yesterday"}', '{"config": 5}', '{"comparison": 7}']
+                '{"pid": 0}', '{"pid": -1}', '{"started": "yesterday"}', '{"config": 5}', '{"comparison": 7}',
+                '{"owner": 7}', '{"queued": "now"}', '{"arguments": "--resume"}', '{"arguments": [1]}',
+                '{"threads": 0}', '{"threads": "2"}', '{"ray_job": 3}']
 
 
 @pytest.mark.parametrize("text", BAD_LAUNCHES)
