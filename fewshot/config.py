@@ -71,8 +71,8 @@ class Config:
     iterations: int = _option(1000, "meta-updates in total", at_least=1, at_most=10**9, label="meta-updates")
     engine: str = _option("fewshot", "fewshot (torch.func, vmapped) or learn2learn (the notebook's loop)",
                           ("fewshot", "learn2learn"), label="meta-gradient code")
-    device: str = _option("auto", "where to meta-train: auto (a CUDA GPU if torch sees one, else the CPU), cpu "
-                                  "or cuda", ("auto", "cpu", "cuda"))
+    device: str = _option("auto", "where to meta-train: auto (a CUDA GPU if torch sees one, else an Apple GPU, "
+                                  "else the CPU), cpu, cuda or mps", ("auto", "cpu", "cuda", "mps"))
     seed: int = _option(0, "seed of the initial weights and of the task sequence", at_least=0, at_most=MAX_SEED)
     init_from: str = _option("", "checkpoint whose weights start the run instead of random ones; a classifier "
                                  "for another number of ways starts random (default: none)")

@@ -65,17 +65,20 @@ def make_samplers(config: Config) -> dict:
 
 
 def training_device(name: str) -> torch.device:
-    """The device that `Config.device` names; "auto" takes a CUDA GPU when torch sees one.
+    """The device that `Config.device` names; "auto" takes a CUDA GPU when torch sees one, else an Apple GPU
+    (mps, on a Mac), else the CPU.
 
-    On a GPU, convolutions and matrix products keep full float32 (no TF32), so that a run there computes
+    On a CUDA GPU, convolutions and matrix products keep full float32 (no TF32), so that a run there computes
     what it would on a CPU, up to rounding.
     """
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device cuda: this torch sees no CUDA GPU; choose device cpu or auto")
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device mps: this torch sees no Apple GPU (mps needs a Mac); choose device cpu or auto")
     return torch.device(name)
 
 

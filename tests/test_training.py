@@ -96,10 +96,27 @@ def test_resume_with_another_outer_learning_rate_uses_it(tiny_config, tmp_path):
 
 def test_auto_device_is_the_gpu_when_there_is_one_and_cuda_without_one_is_refused():
     assert training_device("cpu") == torch.device("cpu")
-    assert training_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert training_device("auto").type == expected
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="sees no CUDA GPU"):
             training_device("cuda")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ValueError, match="sees no Apple GPU"):
+            training_device("mps")
+
+
+def test_auto_device_picks_an_apple_gpu_where_torch_has_one_and_no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert training_device("auto") == torch.device("mps")
+
+
+@pytest.mark.skipif(not torch.backends.mps.is_available(), reason="needs an Apple GPU (mps)")
+def test_a_tiny_run_trains_on_an_apple_gpu_as_on_the_cpu(tiny_config, tmp_path):
+    cpu = losses(train(dataclasses.replace(tiny_config, device="cpu"), tmp_path / "cpu", progress=False))
+    mps = losses(train(dataclasses.replace(tiny_config, device="mps"), tmp_path / "mps", progress=False))
+    assert mps == pytest.approx(cpu, rel=1e-3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
