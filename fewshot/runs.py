@@ -449,7 +449,7 @@ def queue_place(run: Run, listed: list | None = None) -> int:
 def _queued_groups(listed: list) -> list:
     """The queued runs among `listed`, in the order they start: lists of one run, or of a comparison's two."""
     queued = sorted((run for run in listed if run.is_queued()),
-                    key=lambda run: (run.launch()["queued"], run.name))
+                    key=lambda run: (run.launch().get("queued", 0.0), run.name))
     groups = {}
     for run in queued:
         groups.setdefault(run.comparison() or run.name, []).append(run)
