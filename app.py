@@ -18,6 +18,5 @@ pages = [st.Page("pages/home.py", title="Home", icon=":material/home:", default=
          st.Page("pages/challenge.py", title="Challenge", icon=":material/sports_esports:")]
 page = st.navigation(pages)
 ui.queue_dispatcher(str(runs.runs_root()))  # starts queued runs as places free, from the first visit on
-ui.instructor_sidebar()
 st.session_state.page_before, st.session_state.page_now = st.session_state.get("page_now"), page.title
 page.run()

@@ -34,7 +34,8 @@ WRONG_KEY_DELAY = 1.0  # seconds a wrong instructor key waits: guessing it costs
 @st.cache_resource
 def queue_dispatcher(root: str) -> threading.Thread:
     """The server's one thread that starts queued runs when a place frees (runs.dispatch_forever), one per
-    runs folder; app.py asks for it on every page, so it runs from the server's first visitor on."""
+    runs folder; app.py asks for it on every page, so it runs from the server's first visitor on (and
+    runs_page, for a first visit straight to a page, which a fresh server serves without app.py)."""
     thread = threading.Thread(target=runs.dispatch_forever, args=(root,), name="fewshot-queue", daemon=True)
     thread.start()
     return thread
@@ -53,6 +54,14 @@ def has_key() -> bool:
 def may_manage() -> bool:
     """Whether this session may start, resume and delete runs and keep checkpoints (fewshot/access.py)."""
     return access.may_manage(has_key())
+
+
+def runs_page() -> None:
+    """What the pages that start and stop runs (Train, Compare) need first: the queue's dispatcher, and the
+    instructor key's field. They ask for these themselves: until some visitor's page has run app.py, a fresh
+    Streamlit server serves a page's file alone (its legacy pages/ mode)."""
+    queue_dispatcher(str(runs.runs_root()))
+    instructor_sidebar()
 
 
 def instructor_sidebar() -> None:
@@ -266,6 +275,9 @@ def run_status(run: runs.Run, status: str) -> None:
     if status == runs.FAILED:
         st.error(f"Run {run.name} failed: {run.error() or 'it ended without a word (killed?)'}",
                  icon=":material/error:")
+    if status == runs.QUEUED and run.launch().get("launch_error"):
+        st.caption(f"Could not start it yet: {run.launch()['launch_error']}. The server tries again every few "
+                   "seconds.")
     if status == runs.INTERRUPTED:
         st.warning(f"Run {run.name} was interrupted: its process ended without a word (the server or the machine "
                    "restarted, or it was killed). Resume continues it from its last saved iteration.",

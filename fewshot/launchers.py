@@ -52,7 +52,7 @@ def launcher_of(launch: dict):
     """The launcher that started the run whose launch.json holds `launch`."""
     if "ray_job" in launch:
         from .ray_jobs import RayJobs
-        return RayJobs(launch["ray_address"])
+        return RayJobs(launch.get("ray_address") or "")
     return LocalProcesses()
 
 

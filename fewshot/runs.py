@@ -404,20 +404,27 @@ def _queue(run: Run, arguments: list, config: Config, launch: dict) -> None:
 def dispatch(root: Path | None = None) -> list:
     """Starts the runs queued under `root`, first come first served, while fewer than limits.max_runs() train
     there; returns those it started. A comparison's two runs start together, when two places are free; the
-    runs queued after it wait for it. The count and the starts happen under an exclusive lock of a file in
-    `root` (flock), so that two sessions, or two servers, cannot both fill the last place."""
+    runs queued after it wait for it, unless it needs more places than the server has (its limit was lowered
+    since): it waits then, and lets the others pass. The count and the starts happen under an exclusive lock
+    of a file in `root` (flock), so that two sessions, or two servers, cannot both fill the last place."""
     root = Path(root or runs_root()).resolve()
     if not root.is_dir():
         return []
     with _queue_lock(root):
-        listed = list_runs(root)
-        free = limits.max_runs() - sum(run.is_running() for run in listed)
+        listed, limit = list_runs(root), limits.max_runs()
+        free = limit - sum(run.is_running() for run in listed)
         started = []
         for group in _queued_groups(listed):
+            if len(group) > limit:
+                continue
             if len(group) > free:
                 break
-            for run in group:
-                _launch(run)
+            try:
+                for run in group:
+                    _launch(run)
+            except (OSError, RuntimeError) as error:  # a Ray cluster that does not answer: tried again later
+                _record_launch_error(run, error)
+                break
             free, started = free - len(group), started + group
         return started
 
@@ -466,6 +473,13 @@ def _launch(run: Run) -> None:
                        TQDM_MININTERVAL="10")  # the log gets a progress line every 10 s, not every iteration
     found = launchers.launcher().launch(run.path, command, environment, run.path / LOG, int(threads))
     launch = {**launch, **found, "command": command, "launched": time.time()}
+    launch.pop("launch_error", None)
+    files.write_text(run.path / LAUNCH, json.dumps(launch, indent=2) + "\n")
+
+
+def _record_launch_error(run: Run, error: Exception) -> None:
+    """Keeps in launch.json why the queued `run` could not start, for its page; dispatch tries again."""
+    launch = {**run.launch(), "launch_error": str(error).splitlines()[0] if str(error) else repr(error)}
     files.write_text(run.path / LAUNCH, json.dumps(launch, indent=2) + "\n")
 
 
@@ -518,18 +532,23 @@ def _kept_launch(run: Run) -> dict:
 
 
 def stop(run: Run) -> None:
-    """Asks the run to stop: its launcher signals it (SIGINT), and training finishes its iteration, saves and
-    exits. A queued run leaves the queue."""
+    """Asks the run to stop: its launcher signals it (SIGINT here, SIGTERM to a Ray job), and training finishes
+    its iteration, saves and exits. A queued run leaves the queue."""
     (run.path / STOP_REQUESTED).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
     launch = run.launch()
     if _has_process(launch):
         launchers.launcher_of(launch).stop(launch, run.path)
 
 
+def is_shipped(run: Run) -> bool:
+    """Whether `run` ships with the app, beside the checkpoint it trained (checkpoints/runs/)."""
+    return shipped_runs_root().resolve() in run.path.resolve().parents
+
+
 def delete(run: Run) -> None:
     """Deletes a run's folder, for good. ValueError for a run that is training (stop it first) or that ships
     with the app (checkpoints/runs/)."""
-    if shipped_runs_root().resolve() in run.path.resolve().parents:
+    if is_shipped(run):
         raise ValueError(f"Run {run.name} ships with the app (its curves go with a shipped checkpoint): it stays.")
     with _queue_lock(run.path.parent):  # not while dispatch starts it
         if run.is_running():
@@ -610,7 +629,8 @@ def _valid_launch(launch) -> bool:
     return ((pid is None or type(pid) is int and pid > 0) and type(threads) is int and threads > 0
             and all(type(launch.get(time, 0.0)) in (int, float) for time in ("started", "queued"))
             and isinstance(launch.get("config", {}), dict)
-            and all(isinstance(launch.get(text), (str, type(None))) for text in ("comparison", "owner", "ray_job"))
+            and all(isinstance(launch.get(text), (str, type(None)))
+                    for text in ("comparison", "owner", "ray_job", "ray_address", "launch_error"))
             and isinstance(arguments, list) and all(isinstance(argument, str) for argument in arguments))
 
 

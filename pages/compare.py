@@ -135,6 +135,7 @@ def comparison_view(selected: list) -> None:
 
 
 st.title("MAML and FOMAML")
+ui.runs_page()
 ui.start_message("compare")
 has_data = ui.dataset_warning()
 all_runs = runs.list_runs()

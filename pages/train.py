@@ -67,7 +67,7 @@ def run_view(all_runs: list) -> None:
     live_view()
     if status in (runs.FINISHED, runs.STOPPED) and run.checkpoint.exists():
         ended_run(run, status)
-    if status not in (runs.RUNNING, runs.QUEUED):
+    if status not in (runs.RUNNING, runs.QUEUED) and not runs.is_shipped(run):
         delete_button(run)
 
 
@@ -77,7 +77,8 @@ def delete_button(run: runs.Run) -> None:
                     help=None if ui.may_manage() else ui.NEEDS_KEY):
         st.caption(f"Run {run.name}'s folder, its curves and its checkpoint go for good (a checkpoint kept for "
                    "the Draw page stays).")
-        st.button(f"Delete {run.name}", key="train_delete", type="primary", on_click=delete_pressed, args=(run,))
+        st.button(f"Delete {run.name}", key="train_delete", type="primary", on_click=delete_pressed, args=(run,),
+                  disabled=not ui.may_manage())
 
 
 def delete_pressed(run: runs.Run) -> None:
@@ -130,6 +131,7 @@ def ended_run(run: runs.Run, status: str) -> None:
 
 
 st.title("Train")
+ui.runs_page()
 ui.start_message("train")
 has_data = ui.dataset_warning()
 all_runs = runs.list_runs()  # after Start's callback: with the run it started
