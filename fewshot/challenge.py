@@ -16,6 +16,7 @@ import torch
 
 from .adaptation import adapt_and_classify, adaptation_settings, ways_of
 from .omniglot import Omniglot, split_characters
+from .tasks import alphabet_pools
 
 SPLIT = "lake"  # the shipped models' split: their test characters are the 20 evaluation alphabets
 MODEL_FILES = {5: "maml-conv-5way.safetensors", 20: "maml-conv-20way.safetensors"}  # in checkpoints/, by ways
@@ -83,12 +84,8 @@ def draw_task(data: Omniglot, level: Level, seed: int, number: int) -> Task:
     generator = torch.Generator().manual_seed(task_seed(level, seed, number))
     pool = list(range(len(data.characters)))
     if level.one_alphabet:
-        alphabets = sorted({data.alphabet(c) for c in pool})
-        large = [a for a in alphabets if sum(data.alphabet(c) == a for c in pool) >= level.ways]
-        if not large:
-            raise ValueError(f"No alphabet of these characters has {level.ways} characters.")
-        alphabet = large[int(torch.randint(len(large), (), generator=generator))]
-        pool = [c for c in pool if data.alphabet(c) == alphabet]
+        alphabets = alphabet_pools([data.alphabet(c) for c in pool], level.ways)
+        pool = alphabets[int(torch.randint(len(alphabets), (), generator=generator))]
     if level.ways > len(pool):
         raise ValueError(f"{level.ways} ways need {level.ways} characters; there are {len(pool)}.")
     characters = torch.tensor(pool)[torch.randperm(len(pool), generator=generator)[:level.ways]]

@@ -86,6 +86,8 @@ def evaluate_command(args) -> None:
         sys.exit("error: --record keeps test accuracy only; drop --characters val")
     if args.record and args.seed != TEST_SEED:
         sys.exit("error: --record keeps accuracy on the test tasks every model shares; drop --seed")
+    if args.record and args.within_alphabet:
+        sys.exit("error: --record keeps accuracy on tasks of characters of all alphabets; drop --within-alphabet")
     model, metadata = load_checkpoint(Path(args.checkpoint))
     split = args.split or metadata["split"]
     shots = metadata["shots"] if args.shots is None else args.shots
@@ -95,11 +97,14 @@ def evaluate_command(args) -> None:
         sys.exit("error: " + "; ".join(problems))
     data = load_omniglot(args.data_root or Config().data_root)
     characters = split_characters(data, split)[args.characters]
-    sampler = TaskSampler(data.ink, characters, metadata["ways"], shots, args.queries)
+    alphabets = [data.alphabet(c) for c in characters] if args.within_alphabet else None
+    sampler = TaskSampler(data.ink, characters, metadata["ways"], shots, args.queries, alphabets=alphabets,
+                          rotations=not args.within_alphabet)  # within one alphabet: upright, as in Lake et al.
     result = evaluate(model, sampler, metadata["inner_lr"], steps, args.tasks, seed=args.seed,
                       transductive=args.transductive)
+    kind = " within one alphabet" if args.within_alphabet else ""
     tasks = f"{split}/{args.characters}" + (f", seed {args.seed}" if args.seed != TEST_SEED else "")
-    print(f"{Path(args.checkpoint).name}: {metadata['ways']}-way {shots}-shot on {tasks}: {result}")
+    print(f"{Path(args.checkpoint).name}: {metadata['ways']}-way {shots}-shot{kind} on {tasks}: {result}")
     if args.record:
         record_accuracy(Path(args.checkpoint), {"split": f"{split}/test", **result.to_dict()})
         print(f"recorded in the checkpoint's metadata as accuracy[{result.task!r}]")
@@ -153,6 +158,10 @@ def main(argv=None) -> None:
     evaluate_parser.add_argument("--seed", type=int, default=TEST_SEED,
                                  help="seed of the tasks drawn; the default gives the same tasks to every model, "
                                       "another seed a second sample of them")
+    evaluate_parser.add_argument("--within-alphabet", action="store_true",
+                                 help="all N classes of a task from one alphabet, the alphabets taking turns "
+                                      "task after task, characters upright (no rotations), as in Lake et al.'s "
+                                      "one-shot benchmark")
     evaluate_parser.add_argument("--data-root", help="folder holding omniglot-py/")
     evaluate_parser.add_argument("--transductive", action="store_true",
                                  help="batch norm normalises the queries with their own statistics, as the MAML "

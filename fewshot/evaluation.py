@@ -50,7 +50,7 @@ def adapted_task_metrics(model, sampler: TaskSampler, tasks: int, seed: int, inn
     """Query loss and accuracy of each of `tasks` tasks after `steps` inner steps: two tensors of [tasks]."""
     losses, accuracies = [], []
     parameter = next(model.parameters())
-    for start in range(0, tasks, chunk):
+    for start in range(0, tasks, chunk):  # task k is task k - start of seed + start: see TaskSampler.sample
         batch = sampler.sample(min(chunk, tasks - start), seed=seed + start).to(parameter.dtype, parameter.device)
         with torch.no_grad():  # no meta-gradient; torch.func still takes the inner gradients
             task_loss, task_accuracy = maml.task_losses(model, batch, inner_lr, steps, first_order=True,

@@ -2,6 +2,9 @@
 
 A class is a (character, rotation) pair: each character rotated by 0, 90, 180 or 270 degrees is a class of
 its own, as in the MAML paper. The rotation is drawn for each class of a task independently.
+
+Tasks within one alphabet (`alphabets` given) draw all their classes from one alphabet, whose characters look
+alike: Lake et al.'s one-shot benchmark, harder than classes of characters drawn from every alphabet.
 """
 
 import math
@@ -39,38 +42,63 @@ class TaskSampler:
     """Draws tasks from a set of characters; the same seed always gives the same tasks."""
 
     def __init__(self, ink: torch.Tensor, characters: list, ways: int, shots: int, queries: int,
-                 rotations: bool = True, augment: str = "none"):
+                 rotations: bool = True, augment: str = "none", alphabets: list | None = None):
         """`ink` holds all drawings, [characters, drawings, 28, 28]; `characters` are the rows to use.
 
         `augment="affine"` shifts, scales and rotates every drawing a little, at random, each time it is drawn.
+        `alphabets`, the alphabet of each of `characters`, makes every task's classes those of one alphabet.
         """
         self.ink, self.characters = ink, torch.as_tensor(characters)
         self.ways, self.shots, self.queries, self.augment = ways, shots, queries, augment
         self.rotations = 4 if rotations else 1
-        if ways > len(characters) * self.rotations:
-            raise ValueError(f"{ways} ways need at least {ways} classes; this split has "
-                             f"{len(characters) * self.rotations}")
+        if alphabets is None:
+            if ways > len(characters) * self.rotations:
+                raise ValueError(f"{ways} ways need at least {ways} classes; this split has "
+                                 f"{len(characters) * self.rotations}")
+            self.pools = [list(range(len(characters)))]  # the positions in `characters` a task draws from
+        else:
+            self.pools = alphabet_pools(alphabets, ways, self.rotations)
 
     def sample(self, tasks: int, seed: int) -> TaskBatch:
+        """`tasks` tasks drawn from `seed`. Within one alphabet, task i takes alphabet (seed + i) mod A of the A
+        pools: evaluation.py draws its chunks of tasks from seeds seed, seed + 100, ..., so that task k of an
+        evaluation takes alphabet (seed + k) mod A, and the alphabets take turns over its tasks."""
         generator = torch.Generator().manual_seed(seed)
         support, query = [], []
-        for _ in range(tasks):
-            classes = torch.randperm(len(self.characters) * self.rotations, generator=generator)[:self.ways]
-            drawings = [self._drawings(c, generator) for c in classes.tolist()]  # each [shots + queries, 28, 28]
+        for task in range(tasks):
+            pool = self.pools[(seed + task) % len(self.pools)]
+            classes = torch.randperm(len(pool) * self.rotations, generator=generator)[:self.ways]
+            drawings = [self._drawings(pool[c // self.rotations], c % self.rotations, generator)
+                        for c in classes.tolist()]  # each [shots + queries, 28, 28]
             support.append(torch.stack([d[:self.shots] for d in drawings]))
             query.append(torch.stack([d[self.shots:] for d in drawings]))
         support_x, query_x = torch.stack(support), torch.stack(query)  # [tasks, ways, examples, 28, 28]
         return TaskBatch(support_x.flatten(1, 2).unsqueeze(2), self._labels(tasks, self.shots),
                          query_x.flatten(1, 2).unsqueeze(2), self._labels(tasks, self.queries))
 
-    def _drawings(self, class_index: int, generator: torch.Generator) -> torch.Tensor:
-        character, quarter_turns = divmod(class_index, self.rotations)
+    def _drawings(self, character: int, quarter_turns: int, generator: torch.Generator) -> torch.Tensor:
+        """Shots + queries distinct drawings of `characters[character]`, turned by `quarter_turns`."""
         chosen = torch.randperm(self.ink.shape[1], generator=generator)[:self.shots + self.queries]
         images = torch.rot90(self.ink[self.characters[character], chosen], quarter_turns, dims=(-2, -1))
         return random_affine(images, generator) if self.augment == "affine" else images
 
     def _labels(self, tasks: int, per_class: int) -> torch.Tensor:
         return torch.arange(self.ways).repeat_interleave(per_class).expand(tasks, -1).contiguous()
+
+
+def alphabet_pools(alphabets: list, ways: int, rotations: int = 1) -> list[list[int]]:
+    """The positions of each alphabet's characters in `alphabets` (the alphabet of each character), alphabet by
+    alphabet in the order of their names, for the alphabets with `ways` classes or more (`rotations` classes
+    per character): those from which an N-way task within one alphabet can be drawn."""
+    positions = {}
+    for position, alphabet in enumerate(alphabets):
+        positions.setdefault(alphabet, []).append(position)
+    pools = [positions[alphabet] for alphabet in sorted(positions) if len(positions[alphabet]) * rotations >= ways]
+    if not pools:
+        largest = max(sorted(positions), key=lambda alphabet: len(positions[alphabet]))
+        raise ValueError(f"{ways} ways within one alphabet need {ways} classes from one alphabet; the largest "
+                         f"here, {largest}, has {len(positions[largest]) * rotations}")
+    return pools
 
 
 def random_affine(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

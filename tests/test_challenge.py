@@ -80,6 +80,18 @@ def test_mixed_tasks_span_alphabets_and_one_alphabet_tasks_cover_many(unseen, dr
     assert {t for task in mixed for t in task.truth} == set(range(5))
 
 
+def test_one_alphabet_tasks_come_from_the_alphabets_large_enough_and_too_many_ways_are_refused(unseen, drawing_of):
+    """46-way tasks of one alphabet can only be of Oriya (46 characters) or Malayalam (47), and both come up;
+    48 ways, more than any test alphabet has, is a one-line error."""
+    sizes = ALPHABETS["images_evaluation"]
+    large = {alphabet for alphabet, characters in sizes.items() if characters >= 46}
+    drawn = {drawing_of[_digest(challenge.draw_task(unseen, challenge.Level(46, True), 0, n).support[0])][0]
+             for n in range(1, 13)}
+    assert {name.split("/")[1] for name in drawn} == large and len(large) == 2
+    with pytest.raises(ValueError, match=f"^48 ways within one alphabet .* has {max(sizes.values())}$"):
+        challenge.draw_task(unseen, challenge.Level(48, True), 0, 1)
+
+
 @pytest.mark.parametrize("level", LEVELS[::2], ids=lambda level: level.label)
 def test_model_answers_are_those_of_an_independent_adaptation(unseen, level):
     model, metadata = shipped(level.ways)

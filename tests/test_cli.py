@@ -1,8 +1,10 @@
 import errno
+import hashlib
 import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from fewshot.checkpoints import checkpoint_metadata, load_checkpoint, save_check
 from fewshot.config import Config
 from fewshot.evaluation import TEST_SEED, evaluate
 from fewshot.models import build_model
-from fewshot.omniglot import split_characters
+from fewshot.omniglot import ALPHABETS, split_characters
 from fewshot.tasks import TaskSampler
 
 TINY_RUN = ("--algorithm", "fomaml", "--channels", 8, "--blocks", 2, "--meta-batch", 2, "--iterations", 2,
@@ -42,16 +44,21 @@ def test_help_lists_the_commands_and_options():
     assert "--inner-lr" in fewshot("train", "--help").stdout
 
 
-def evaluated_here(omniglot, checkpoint, shots: int, characters="test", seed=TEST_SEED, transductive=False) -> str:
-    """evaluate's printed result for 20 tasks of `checkpoint`, computed in this process from the given options."""
+def evaluated_here(omniglot, checkpoint, shots: int, characters="test", seed=TEST_SEED, transductive=False,
+                   within_alphabet=False) -> str:
+    """evaluate's printed result for 20 tasks of `checkpoint`, computed in this process from the given options;
+    within one alphabet, upright characters (no rotations)."""
     model, metadata = load_checkpoint(checkpoint)
-    sampler = TaskSampler(omniglot.ink, split_characters(omniglot, "lake")[characters], metadata["ways"], shots, 5)
+    chosen = split_characters(omniglot, "lake")[characters]
+    alphabets = [omniglot.alphabet(c) for c in chosen] if within_alphabet else None
+    sampler = TaskSampler(omniglot.ink, chosen, metadata["ways"], shots, 5, rotations=not within_alphabet,
+                          alphabets=alphabets)
     return str(evaluate(model, sampler, metadata["inner_lr"], metadata["test_inner_steps"], 20, seed=seed,
                         transductive=transductive))
 
 
 def assert_prints_the_result_of(output: str, omniglot, checkpoint, shots: int, **option) -> None:
-    """`output` holds the result computed here with `option` (characters, seed or transductive); and that
+    """`output` holds the result computed here with `option` (characters, seed, transductive, within_alphabet); and that
     result's numbers differ from those without the option, so a CLI that ignored it would fail."""
     with_option, without = (evaluated_here(omniglot, checkpoint, shots, **option),
                             evaluated_here(omniglot, checkpoint, shots))
@@ -118,11 +125,17 @@ def test_bad_input_is_an_error_message_not_a_traceback(tmp_path):
     assert "shots + queries must be at most 20" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_missing_dataset_is_explained(tmp_path):
+def untrained_checkpoint(folder: Path, ways: int = 5) -> Path:
+    """A conv 8x2 checkpoint of random weights (seed 0), for `ways` classes: evaluate reads it in no time."""
     torch.manual_seed(0)
-    save_checkpoint(tmp_path / "m.safetensors", build_model("conv", 5, 8, 2),
-                    checkpoint_metadata(Config(data_root="x", channels=8, blocks=2), iterations=1))
-    result = fewshot("evaluate", tmp_path / "m.safetensors", "--data-root", tmp_path / "nothing", check=False)
+    path = folder / f"untrained-{ways}way.safetensors"
+    save_checkpoint(path, build_model("conv", ways, 8, 2),
+                    checkpoint_metadata(Config(data_root="x", ways=ways, channels=8, blocks=2), iterations=1))
+    return path
+
+
+def test_missing_dataset_is_explained(tmp_path):
+    result = fewshot("evaluate", untrained_checkpoint(tmp_path), "--data-root", tmp_path / "nothing", check=False)
     assert result.returncode != 0 and "omniglot-py/images_background" in result.stderr
 
 
@@ -194,11 +207,58 @@ def test_resume_of_a_garbage_config_is_one_line(tmp_path, text, reason):
                                      "got 0"),
 ])
 def test_evaluate_refuses_options_it_cannot_measure(tmp_path, options, message):
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "m.safetensors", build_model("conv", 5, 8, 2),
-                    checkpoint_metadata(Config(data_root="x", channels=8, blocks=2), iterations=1))
-    assert error_of("evaluate", tmp_path / "m.safetensors", "--data-root", tmp_path / "nothing", *options) == (
+    assert error_of("evaluate", untrained_checkpoint(tmp_path), "--data-root", tmp_path / "nothing", *options) == (
         f"error: {message}")
+
+
+def test_evaluate_within_alphabet_draws_upright_characters_of_one_alphabet_in_turn(omniglot, data_root, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """Every drawing of the 40 tasks is a test drawing as Omniglot has it (upright), of a task's 5 characters,
+    all of one alphabet; the 20 test alphabets take 2 tasks each; the result printed is that of these tasks."""
+    batches = []
+
+    class RecordingSampler(TaskSampler):
+        def sample(self, tasks, seed):
+            batches.append(super().sample(tasks, seed))
+            return batches[-1]
+
+    monkeypatch.setattr(cli, "TaskSampler", RecordingSampler)
+    checkpoint = untrained_checkpoint(tmp_path)
+    cli.main(["evaluate", str(checkpoint), "--data-root", data_root, "--tasks", "40", "--within-alphabet"])
+    output = capsys.readouterr().out
+    assert "5-way 1-shot within one alphabet on lake/test: accuracy" in output and "40 tasks" in output
+
+    def digest(ink) -> str:
+        return hashlib.sha1(ink.contiguous().numpy().tobytes()).hexdigest()
+
+    character_of = {digest(omniglot.ink[c, d]): c for c in split_characters(omniglot, "lake")["test"]
+                    for d in range(omniglot.ink.shape[1])}  # upright drawings only
+    alphabets = []
+    for batch in batches:
+        for support_x, query_x in zip(batch.support_x, batch.query_x):
+            support = [character_of.get(digest(image[0])) for image in support_x]
+            query = {character_of.get(digest(image[0])) for image in query_x}
+            assert None not in support and len(set(support)) == 5 and query == set(support)
+            assert len({omniglot.alphabet(c) for c in support}) == 1
+            alphabets.append(omniglot.alphabet(support[0]))
+    assert Counter(alphabets) == {alphabet: 2 for alphabet in ALPHABETS["images_evaluation"]}
+
+    monkeypatch.undo()
+    cli.main(["evaluate", str(checkpoint), "--data-root", data_root, "--tasks", "20", "--within-alphabet"])
+    assert_prints_the_result_of(capsys.readouterr().out, omniglot, checkpoint, 1, within_alphabet=True)
+
+
+def test_evaluate_within_alphabet_refuses_more_ways_than_the_largest_test_alphabet(data_root, tmp_path, capsys):
+    largest, characters = max(ALPHABETS["images_evaluation"].items(), key=lambda item: item[1])
+    cli.main(["evaluate", str(untrained_checkpoint(tmp_path, characters)), "--data-root", data_root, "--tasks", "1",
+              "--within-alphabet"])
+    assert f"{characters}-way 1-shot within one alphabet" in capsys.readouterr().out
+    assert error_of("evaluate", untrained_checkpoint(tmp_path, characters + 1), "--data-root", data_root,
+                    "--within-alphabet") == (
+        f"error: {characters + 1} ways within one alphabet need {characters + 1} classes from one alphabet; "
+        f"the largest here, {largest}, has {characters}")
+    assert error_of("evaluate", untrained_checkpoint(tmp_path), "--within-alphabet", "--record") == (
+        "error: --record keeps accuracy on tasks of characters of all alphabets; drop --within-alphabet")
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])

@@ -1,11 +1,12 @@
 import copy
 import math
+from collections import Counter
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from fewshot.evaluation import confidence_interval, evaluate
+from fewshot.evaluation import adapted_task_metrics, confidence_interval, evaluate
 from fewshot.models import build_model
 from fewshot.tasks import TaskSampler
 
@@ -69,3 +70,27 @@ def test_evaluate_adapts_each_task_to_its_support_set(transductive):
     unadapted_loss, _ = adapted_by_hand(model, batch, 0.4, 0, transductive)
     assert result.loss == pytest.approx(loss, rel=1e-4) and result.accuracy == pytest.approx(accuracy, abs=1e-6)
     assert result.loss != pytest.approx(unadapted_loss, rel=1e-2)  # so the comparison above can tell
+
+
+def test_an_evaluation_within_one_alphabet_gives_the_alphabets_equal_turns_whatever_its_chunks():
+    """15 tasks over 3 alphabets, adapted 4 at a time as evaluate does 100 at a time: 5 tasks each, in the same
+    turns as when adapted all at once."""
+    ink = torch.zeros(9, 20, 28, 28)
+    for c in range(9):
+        ink[c, :, c] = 1.0  # character c inks row c
+    alphabets = ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    drawn = []
+
+    class RecordingSampler(TaskSampler):
+        def sample(self, tasks, seed):
+            batch = super().sample(tasks, seed)
+            drawn.extend(alphabets[int(task[0, 0].sum(1).argmax())] for task in batch.support_x)
+            return batch
+
+    torch.manual_seed(0)
+    model = build_model("conv", 3, channels=8, blocks=2)
+    sampler = RecordingSampler(ink, list(range(9)), 3, 1, 2, rotations=False, alphabets=alphabets)
+    adapted_task_metrics(model, sampler, 15, seed=11, inner_lr=0.4, steps=1, chunk=4)
+    assert len(drawn) == 15 and Counter(drawn) == {"a": 5, "b": 5, "c": 5}
+    adapted_task_metrics(model, sampler, 15, seed=11, inner_lr=0.4, steps=1, chunk=15)
+    assert drawn[15:] == drawn[:15]

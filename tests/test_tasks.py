@@ -1,3 +1,6 @@
+from collections import Counter
+
+import pytest
 import torch
 
 from fewshot.tasks import TaskSampler
@@ -97,3 +100,66 @@ def test_affine_augmentation_moves_each_drawing_a_little_and_on_its_own():
     most = 2 * 1.1 + 0.05  # a shift of up to 2 pixels, enlarged by up to 1.1 with the drawing
     assert ((centre_row - 13.5).abs() <= most).all() and ((centre_column - 13.5).abs() <= most).all()
     assert (centre_row - 13.5).abs().max() > 1 and (centre_column - 13.5).abs().max() > 1
+
+
+ALPHABETS = ["a"] * 4 + ["b"] * 3 + ["c"] * 3 + ["d"] * 2  # the alphabet of each of distinct_images' 12 characters
+
+
+def task_characters(batch) -> list:
+    """The characters (distinct_images draws character c in row c) of each task's support and query drawings."""
+    return [[int(image.nonzero()[0][1]) for image in torch.cat([support, query])]
+            for support, query in zip(batch.support_x, batch.query_x)]
+
+
+def test_within_one_alphabet_every_class_of_a_task_is_of_one_alphabet_large_enough():
+    """3-way tasks draw 3 distinct characters of one of a, b and c; d, of 2 characters, is never drawn."""
+    sampler = TaskSampler(distinct_images(), list(range(12)), 3, 1, 2, rotations=False, alphabets=ALPHABETS)
+    batch = sampler.sample(60, seed=5)
+    used = Counter()
+    for support, characters in zip(batch.support_x, task_characters(batch)):
+        alphabets = {ALPHABETS[c] for c in characters}
+        assert len(alphabets) == 1 and len({int(image.nonzero()[0][1]) for image in support}) == 3
+        used.update(alphabets)
+    assert set(used) == {"a", "b", "c"}
+
+
+def test_within_one_alphabet_the_alphabets_take_turns_and_the_seed_fixes_the_tasks():
+    """Task i of seed s takes alphabet (s + i) mod 3, so tasks drawn in chunks from seeds s, s + 4, ..., as
+    evaluation.py draws them, take the alphabets in turn; the same seed gives the same tasks again."""
+    sampler = TaskSampler(distinct_images(), list(range(12)), 3, 1, 2, rotations=False, alphabets=ALPHABETS)
+    batches = [sampler.sample(4, seed=7 + start) for start in (0, 4, 8)]
+    alphabets = [ALPHABETS[characters[0]] for batch in batches for characters in task_characters(batch)]
+    assert Counter(alphabets) == {"a": 4, "b": 4, "c": 4}
+    assert all(alphabets[i] == alphabets[i + 3] for i in range(9))  # a turn of three, repeated
+    again, other = sampler.sample(4, seed=7), sampler.sample(4, seed=8)
+    assert torch.equal(again.support_x, batches[0].support_x) and torch.equal(again.query_x, batches[0].query_x)
+    assert not torch.equal(other.support_x, batches[0].support_x)
+
+
+def test_within_one_alphabet_refuses_more_ways_than_its_largest_alphabet_has_classes():
+    def sampler(ways: int, rotations: bool) -> TaskSampler:
+        return TaskSampler(distinct_images(), list(range(12)), ways, 1, 2, rotations, alphabets=ALPHABETS)
+
+    assert len(sampler(4, rotations=False).pools) == 1  # a alone has 4 characters
+    with pytest.raises(ValueError, match="^5 ways within one alphabet need 5 classes from one alphabet; the largest "
+                                         "here, a, has 4$"):
+        sampler(5, rotations=False)
+    assert len(sampler(16, rotations=True).pools) == 1  # with rotations, a's 4 characters are 16 classes
+    with pytest.raises(ValueError, match="^17 ways .* the largest here, a, has 16$"):
+        sampler(17, rotations=True)
+
+
+def test_within_one_alphabet_with_rotations_a_class_is_a_character_of_the_alphabet_turned():
+    """16-way tasks of alphabet a (4 characters) with rotations: its 4 characters, each turned 4 ways, and
+    each label's queries the same character and turn as its support drawing."""
+    ink = distinct_images()
+    kinds = {tuple(torch.rot90(ink[c, d], k).nonzero()[0].tolist()): (c, k)  # the pixel of each turned drawing
+             for c in range(4) for d in range(20) for k in range(4)}  # of alphabet a: no two share a pixel
+    assert len(kinds) == 4 * 20 * 4
+    sampler = TaskSampler(ink, list(range(12)), 16, 1, 2, rotations=True, alphabets=ALPHABETS)
+    batch = sampler.sample(3, seed=0)
+    for support_x, query_x in zip(batch.support_x, batch.query_x):
+        support = [kinds[tuple(image[0].nonzero()[0].tolist())] for image in support_x]
+        query = [kinds[tuple(image[0].nonzero()[0].tolist())] for image in query_x]
+        assert sorted(support) == [(c, k) for c in range(4) for k in range(4)]
+        assert query == [kind for kind in support for _ in range(2)]
