@@ -169,6 +169,26 @@ BREAKS = [
           "UNIQUE (session, ways, one_alphabet, seed, task, query))", "CHECK (1))", ("tests/test_scoreboard.py",)),
     Break("the scoreboard takes more answers than its limit", "fewshot/scoreboard.py",
           "if stored + len(rows) > MAX_ROWS:", "if False:", ("tests/test_scoreboard.py",)),
+    # One server for a class (tests/test_limits.py, test_runs.py, test_access.py, test_app_class.py, test_ray_jobs.py)
+    Break("the queue starts runs beyond the limit", "fewshot/runs.py",
+          "free = limit - sum(run.is_running() for run in listed)", "free = limit",
+          ("tests/test_limits.py", "tests/test_app_class.py")),
+    Break("a run that died without a word reads as failed, not interrupted", "fewshot/runs.py",
+          "if _has_process(launch) and not (self.path / ENDED).exists():", "if False:",
+          ("tests/test_runs.py", "tests/test_app_class.py")),
+    Break("any session stops any run", "fewshot/access.py", "return may_manage(has_key) or owner == session",
+          "return True", ("tests/test_access.py", "tests/test_app_class.py")),
+    Break("the instructor key compared with ==", "fewshot/access.py",
+          "hmac.compare_digest(entered.strip().encode(), key.encode())", "entered.strip() == key",
+          ("tests/test_access.py",)),
+    Break("a Ray job is killed 3 s after its stop signal", "fewshot/ray_jobs.py", '"RAY_JOB_STOP_WAIT_TIME_S": "120"',
+          '"RAY_JOB_STOP_WAIT_TIME_S": "3"', ("tests/test_ray_jobs.py",)),
+    # Within one alphabet (tests/test_tasks.py, tests/test_cli.py)
+    Break("within one alphabet, tasks draw from every alphabet", "fewshot/tasks.py",
+          "            pool = self.pools[(seed + task) % len(self.pools)]\n",
+          "            pool = list(range(len(self.characters)))\n", ("tests/test_tasks.py", "tests/test_cli.py")),
+    Break("evaluate --within-alphabet turns its characters", "fewshot/cli.py", "rotations=not args.within_alphabet)",
+          "rotations=True)", ("tests/test_cli.py",)),
 ]
 
 
