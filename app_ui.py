@@ -284,6 +284,20 @@ def run_status(run: runs.Run, status: str) -> None:
                    icon=":material/power_off:")
 
 
+def run_names_kept(key: str) -> None:
+    """Puts back the run names that a run menu (key `key`) holds, where it holds a run's label instead.
+
+    A run's label (Run.label) changes when the run starts or ends, while the menu, drawn outside the live part
+    of the page, still shows the old one. The browser sends back the label it shows, and Streamlit takes a
+    label that matches no option for the choice itself (its selectbox's and multiselect's deserialize): the
+    page would then say the run was deleted. Every label begins with the run's name, then " · "."""
+    value = st.session_state.get(key)
+    if isinstance(value, str):
+        st.session_state[key] = value.split(" · ")[0]
+    elif isinstance(value, list):
+        st.session_state[key] = [choice.split(" · ")[0] for choice in value]
+
+
 def x_axis_choice(key: str) -> str:
     return st.radio("x axis", list(X_AXES), horizontal=True, key=key)
 

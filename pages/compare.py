@@ -73,6 +73,7 @@ def chosen_runs(all_runs: list) -> list:
     """The run menu, when there are runs; returns the runs chosen. At first, the newest fair pair
     (runs.fair_pair), or none."""
     by_name = {run.name: run for run in all_runs}
+    ui.run_names_kept(MENU)
     if MENU not in st.session_state:
         st.session_state[MENU] = [run.name for run in runs.fair_pair(all_runs)]
     deleted = [name for name in st.session_state[MENU] if name not in by_name]

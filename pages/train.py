@@ -135,6 +135,7 @@ ui.runs_page()
 ui.start_message("train")
 has_data = ui.dataset_warning()
 all_runs = runs.list_runs()  # after Start's callback: with the run it started
+ui.run_names_kept(MENU)
 shown = st.session_state.get(MENU)
 if shown and shown not in [run.name for run in all_runs]:  # shown before, listed no more: its folder was deleted
     st.warning(f"Run {shown} was deleted.", icon=":material/delete:")

@@ -16,6 +16,7 @@ import time
 import pytest
 from safetensors import safe_open
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.element_tree import TESTING_KEY
 
 from fake_runs import record, run_folder
 from fewshot import runs
@@ -332,3 +333,25 @@ def test_compare_offers_resume_for_each_run_of_a_stopped_comparison_and_both_tra
     assert all(run.comparison() == "pair-compare" for run in (maml, fomaml))
     app.run()
     assert not [button for button in app.button if button.key and button.key.startswith("compare_resume_")]
+
+
+def test_a_run_menu_holding_a_runs_old_label_keeps_showing_that_run(run_folders, stand_in):
+    """A run's label changes as it starts (queued, then running), while the menu, outside the page's live part,
+    still shows the old one; the browser sends back the label it shows, which Streamlit takes for the choice
+    when it matches no option. The page must not say the run was deleted, nor show another run."""
+    older = stopped_run(run_folders / "runs", "older")
+    started = stand_in("started")
+    app = session()
+    show(app, older)
+    stale = f"{started.name} · 6 it · queued"  # its label before it started
+    send_label(app, app.selectbox(key="train_run_menu"), stale).run()
+    assert not [w.value for w in app.warning if "was deleted" in w.value], texts(app)
+    assert app.selectbox(key="train_run_menu").value == started.name
+
+
+def send_label(app: AppTest, menu, label: str):
+    """`menu` set to `label`, as the browser sends a label it shows: AppTest sends the formatted option."""
+    menu.options = [label]
+    app.session_state[TESTING_KEY][menu.id] = lambda value: label
+    menu._value = label
+    return menu
