@@ -6,9 +6,11 @@ that the app can plot how the support loss falls, then class probabilities of a 
 steps. It is written with plain autograd rather than torch.func, which is faster for one task on the CPU.
 """
 
+import functools
 import os
 import re
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,20 @@ SHIPPED = {
 # novelty told the first from the others with an AUC of 0.90-0.92 at 1 shot and 0.97-0.98 at 5, the probabilities'
 # entropy with 0.84-0.89 and 0.92-0.95.
 UNFAMILIAR = 0.5
+# torch.func.functional_call puts `params` in the module's place for the call, and the module's own weights back
+# after it. The pages' browser sessions share one model per checkpoint (st.cache_resource), each in a thread of
+# the server: two calls at once computed with each other's weights, raised, and left the model's weights
+# changed for good (a load test of 8 sessions). So one call at a time uses a model.
+MODEL_IN_USE = threading.RLock()
+
+
+def one_at_a_time(function):
+    """`function`, run under MODEL_IN_USE."""
+    @functools.wraps(function)
+    def locked(*args, **kwargs):
+        with MODEL_IN_USE:
+            return function(*args, **kwargs)
+    return locked
 
 
 @dataclass
@@ -62,6 +78,7 @@ def ways_of(model: torch.nn.Module) -> int:
     return model.classifier.out_features
 
 
+@one_at_a_time
 def adapt_and_classify(model, support_x: torch.Tensor, support_y: torch.Tensor, inner_lr: float, steps: int,
                        query_x: torch.Tensor | None = None) -> Adaptation:
     """`steps` inner-loop steps on one task's support set ([examples, 1, 28, 28] ink, labels 0..ways-1),
@@ -105,6 +122,7 @@ def novelty(model, params: dict, support_x: torch.Tensor, support_y: torch.Tenso
     return torch.cdist(query_features, support_features).min(dim=1).values / spread
 
 
+@one_at_a_time
 def classifier_inputs(model, params: dict, inputs: torch.Tensor, supports: int) -> torch.Tensor:
     """The features the model's classifier layer gets for `inputs` at `params` (batch norm with the first
     `supports` inputs' statistics, as in adapt_and_classify)."""

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from torch.func import functional_call
 
 from canvas_drawings import QUERY, SHAPES, canvas_image
+from waiting import outcomes_at_once
 from fewshot import maml
 from fewshot.adaptation import (DEFAULT_CHECKPOINT, MAX_RUNS_OFFERED, MAX_UPLOAD_NAME, SHIPPED, UNFAMILIAR,
                                 adapt_and_classify, adaptation_settings, character_name, checkpoint_label,
@@ -93,6 +94,26 @@ def test_no_steps_leave_the_model_as_it_was(model, drawn_task):
     support_x, support_y, query_x = drawn_task
     adaptation = adapt_and_classify(model, support_x, support_y, 0.4, 0, query_x)
     assert len(adaptation.support_loss) == 1 and torch.equal(adaptation.before, adaptation.after)
+
+
+def test_sessions_adapting_one_shared_model_at_once_get_their_own_answers_and_leave_it_as_it_was(drawn_task):
+    """The pages' browser sessions share a cached model, each in a thread of the server."""
+    torch.manual_seed(0)
+    shared = build_model("conv", ways=5, channels=16, blocks=3)
+    weights = copy.deepcopy(shared.state_dict())
+    support_x, support_y, query_x = drawn_task
+    alone = adapt_and_classify(shared, support_x, support_y, 0.4, 3, query_x)
+    alone_novelty = novelty(shared, alone.params, support_x, support_y, query_x)
+
+    def session():  # as the Draw page does
+        answers = []
+        for _ in range(10):
+            adaptation = adapt_and_classify(shared, support_x, support_y, 0.4, 3, query_x)
+            answers.append((adaptation.after, novelty(shared, adaptation.params, support_x, support_y, query_x)))
+        return all(torch.equal(after, alone.after) and torch.equal(near, alone_novelty) for after, near in answers)
+
+    assert outcomes_at_once(session, threads=4) == [True] * 4  # not an exception, nor another session's answer
+    assert all(torch.equal(value, weights[name]) for name, value in shared.state_dict().items())
 
 
 def test_support_sets_with_another_number_of_classes_are_refused(model, drawn_task):

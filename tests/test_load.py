@@ -1,0 +1,50 @@
+"""The load test (scripts/load_test.py), small: 8 browser sessions against one server for 60 s, 5 drawing, adapting
+and classifying on the Draw page, 3 pressing Start on the Train page every 30 s.
+
+It asserts what must hold however busy the machine is: every action answered, no error shown, every drawer's
+adaptation seen and right, trainers never above the limit, every run stopped at the end. Speed is reported, not
+asserted: `pytest -s` prints the load test's table.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from browser import CHROMIUM, REPO
+from fewshot import runs
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+SESSIONS, DRAWERS, SECONDS = 8, 5, 60
+ACTION_TIMEOUT = 120  # generous, as the other browser tests': an answer must come, however busy the machine
+# The script bounds itself: the server's start (60 s), the sessions and their last actions (--seconds, twice the
+# action timeout and 60 s), the stop (60 s); and a minute to spare.
+BOUND = 60 + SECONDS + 2 * ACTION_TIMEOUT + 60 + 60 + 60
+
+
+def test_a_small_class_gets_every_answer_and_no_error(tmp_path, data_root):
+    if not CHROMIUM:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    folder, report_file = tmp_path / "class", tmp_path / "load.json"
+    command = [sys.executable, str(REPO / "scripts" / "load_test.py"), "--sessions", str(SESSIONS),
+               "--drawers", str(DRAWERS), "--seconds", str(SECONDS), "--start-every", "30",
+               "--action-timeout", str(ACTION_TIMEOUT), "--data-root", data_root, "--folder", str(folder),
+               "--json", str(report_file)]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=BOUND)
+    print(completed.stdout, completed.stderr[-3000:])
+    report = json.loads(report_file.read_text())
+
+    actions = report["actions"]
+    assert {kind: a["answered"] for kind, a in actions.items()} == {kind: a["started"] for kind, a in actions.items()}
+    assert report["lost_sessions"] == []
+    assert report["errors"] == [] and report["server_exceptions"] == {}
+    assert actions["adapt"]["answered"] >= DRAWERS  # each drawer adapts once at least
+    assert report["predictions"]["right"] == report["predictions"]["of"]  # no session saw another's, or a broken model
+    assert actions["start"]["answered"] >= SESSIONS - DRAWERS and report["starts"]["error"] == 0
+    assert report["starts"]["started"] >= 1
+    assert report["trainers"]["max"] <= report["trainers"]["limit"]
+    assert report["trainers_left_after_stop"] == 0
+    assert not [run.name for run in runs.list_runs(folder / "runs") if run.is_running() or run.is_queued()]
+    assert completed.returncode == 0, report["problems"]
