@@ -22,7 +22,8 @@ FORM_GROUPS = {
 }
 ADVANCED = ("val_every", "val_tasks", "checkpoint_every", "test_tasks", "test_inner_steps", "probe_every", "engine",
             "device")
-FORM_FIELDS = [name for names in FORM_GROUPS.values() for name in names] + list(ADVANCED)
+MAML_PLUS_PLUS = ("multi_step_loss", "cosine_annealing", "second_order_from", "learned_inner_lr")
+FORM_FIELDS = [name for names in FORM_GROUPS.values() for name in names] + list(ADVANCED) + list(MAML_PLUS_PLUS)
 FLOAT_STEPS = {"inner_lr": 0.05, "outer_lr": 0.0005}
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 STATUS_ICONS = {runs.FINISHED: "check_circle", runs.STOPPED: "stop_circle", runs.FAILED: "error",
@@ -125,11 +126,12 @@ def config_fields(prefix: str, preset_name: str, defaults: Config, exclude: tupl
             for name in names:
                 if name not in exclude:
                     _field_widget(_widget_key(prefix, preset_name, name), name, getattr(defaults, name))
-    with st.expander("Monitoring and engine"):
-        columns = st.columns(3)
-        for index, name in enumerate(n for n in ADVANCED if n not in exclude):
-            with columns[index % 3]:
-                _field_widget(_widget_key(prefix, preset_name, name), name, getattr(defaults, name))
+    for label, names in (("Monitoring and engine", ADVANCED), ("MAML++ options", MAML_PLUS_PLUS)):
+        with st.expander(label):
+            columns = st.columns(3)
+            for index, name in enumerate(n for n in names if n not in exclude):
+                with columns[index % 3]:
+                    _field_widget(_widget_key(prefix, preset_name, name), name, getattr(defaults, name))
 
 
 def make_config(prefix: str, preset_name: str, exclude: tuple = ()) -> Config:
@@ -337,6 +339,8 @@ def _field_widget(key: str, name: str, default) -> None:
     if field.metadata.get("choices"):
         choices = field.metadata["choices"]
         st.selectbox(label, choices, index=choices.index(default), **kept)
+    elif isinstance(field.default, bool):
+        st.checkbox(label, value=default, **kept)
     elif isinstance(field.default, int):
         maximum = limits.maximum(name)  # this server's (fewshot/limits.py)
         value = default if maximum is None else min(default, maximum)  # a preset over a limit an instructor lowered

@@ -19,7 +19,8 @@ import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from .checkpoints import load_checkpoint
+from .checkpoints import inner_lr_of, load_checkpoint
+from .maml import step_size
 from .omniglot import Omniglot
 
 DEFAULT_CHECKPOINT = "maml-conv-5way.safetensors"  # shipped in checkpoints/
@@ -68,9 +69,9 @@ class Adaptation:
 
 
 def adaptation_settings(metadata: dict) -> dict:
-    """What a checkpoint was meta-trained for: ways, shots, the inner learning rate and the test-time inner
-    steps, from metadata that load_checkpoint has checked."""
-    return {"ways": metadata["ways"], "shots": metadata["shots"], "inner_lr": metadata["inner_lr"],
+    """What a checkpoint was meta-trained for: ways, shots, the inner learning rate (a number, or its learned
+    rates: checkpoints.inner_lr_of) and the test-time inner steps, from metadata that load_checkpoint has checked."""
+    return {"ways": metadata["ways"], "shots": metadata["shots"], "inner_lr": inner_lr_of(metadata),
             "steps": metadata.get("test_inner_steps", metadata["inner_steps"])}
 
 
@@ -79,12 +80,13 @@ def ways_of(model: torch.nn.Module) -> int:
 
 
 @one_at_a_time
-def adapt_and_classify(model, support_x: torch.Tensor, support_y: torch.Tensor, inner_lr: float, steps: int,
+def adapt_and_classify(model, support_x: torch.Tensor, support_y: torch.Tensor, inner_lr, steps: int,
                        query_x: torch.Tensor | None = None) -> Adaptation:
     """`steps` inner-loop steps on one task's support set ([examples, 1, 28, 28] ink, labels 0..ways-1),
     recording the support loss and accuracy at each step, and the queries' class probabilities before and
     after. Batch norm uses the support set's statistics, so a query's probabilities do not depend on the
-    other queries: one drawing can be classified alone."""
+    other queries: one drawing can be classified alone. `inner_lr` is alpha, or the learned inner learning
+    rates of a checkpoint that has them (maml.step_size)."""
     check_supports(model, support_y)
     query_x = support_x[:0] if query_x is None else query_x
     inputs, supports = torch.cat([support_x, query_x]), len(support_x)
@@ -104,7 +106,8 @@ def adapt_and_classify(model, support_x: torch.Tensor, support_y: torch.Tensor, 
             query_probabilities.append(logits[supports:].detach().softmax(-1))
         if step < steps:  # Eq. 1, first order: plain autograd, faster here than torch.func's transforms
             grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
-            params = {name: (params[name] - inner_lr * grads[name]).detach().requires_grad_() for name in params}
+            params = {name: (params[name] - step_size(inner_lr, name, step) * grads[name]).detach().requires_grad_()
+                      for name in params}
     return Adaptation(params, losses, accuracies, query_probabilities[0], query_probabilities[-1])
 
 

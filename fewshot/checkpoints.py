@@ -3,9 +3,12 @@
 A checkpoint file's safetensors header carries two metadata strings: "format" (FORMAT) and "fewshot", a
 JSON object with the backbone and its sizes, the task shape, the algorithm and its inner loop, the data
 split, the iterations trained, measured accuracy, and the library version. Loading checks the weights
-against the model that metadata describes. What a run needs to resume, the model and the optimizer state
-together, lives beside it in a second safetensors file. Every write goes to a temporary file first, then
-takes the old one's place (files.py).
+against the model that metadata describes. A model meta-trained with MAML++'s learned inner learning rates
+has "learned_inner_lr": true there, and its rates beside its weights, a tensor of one rate per inner step
+for each parameter, named "inner_lr." + the parameter's name; load_checkpoint returns them in the metadata,
+as "inner_lrs" ({parameter name: tensor}), and save_checkpoint takes them from there. What a run needs to
+resume, the model and the optimizer state together, lives beside it in a second safetensors file. Every
+write goes to a temporary file first, then takes the old one's place (files.py).
 """
 
 import dataclasses
@@ -36,6 +39,7 @@ WHOLE_NUMBER_BOUNDS = {name: (0 if name == "iterations" else FIELDS[name]["at_le
 MAX_INNER_LR = FIELDS["inner_lr"]["at_most"]
 CHOICES = {name: FIELDS[name]["choices"] for name in ("backbone", "algorithm", "split")}
 MAX_METADATA_CHARS = 64 * 1024  # a trained model's takes about 1 KiB
+INNER_LR = "inner_lr."  # the prefix of the learned inner learning rates' tensors
 
 
 class CheckpointError(ValueError):
@@ -45,12 +49,21 @@ class CheckpointError(ValueError):
         super().__init__(" ".join(message.split()))  # one line, whatever a file name or a library's error holds
 
 
-def checkpoint_metadata(config: Config, iterations: int, accuracy: dict | None = None) -> dict:
-    return {"backbone": config.backbone, "channels": config.channels, "blocks": config.blocks,
-            "ways": config.ways, "shots": config.shots, "queries": config.queries,
-            "algorithm": config.algorithm, "inner_lr": config.inner_lr, "inner_steps": config.inner_steps,
-            "test_inner_steps": config.test_inner_steps, "split": config.split, "seed": config.seed,
-            "iterations": iterations, "accuracy": accuracy or {}, "library_version": __version__}
+def checkpoint_metadata(config: Config, iterations: int, accuracy: dict | None = None,
+                        inner_lrs: dict | None = None) -> dict:
+    """The metadata of a model trained with `config`; with `inner_lrs`, its learned inner learning rates."""
+    metadata = {"backbone": config.backbone, "channels": config.channels, "blocks": config.blocks,
+                "ways": config.ways, "shots": config.shots, "queries": config.queries,
+                "algorithm": config.algorithm, "inner_lr": config.inner_lr, "inner_steps": config.inner_steps,
+                "test_inner_steps": config.test_inner_steps, "split": config.split, "seed": config.seed,
+                "iterations": iterations, "accuracy": accuracy or {}, "library_version": __version__}
+    return metadata if inner_lrs is None else {**metadata, "inner_lrs": inner_lrs}
+
+
+def inner_lr_of(metadata: dict):
+    """The inner learning rate that a checkpoint's model adapts with: its learned rates (MAML++), a dict for
+    maml.step_size, when it has them, else the number inner_lr."""
+    return metadata.get("inner_lrs", metadata["inner_lr"])
 
 
 def model_from_metadata(metadata: dict) -> torch.nn.Module:
@@ -58,10 +71,15 @@ def model_from_metadata(metadata: dict) -> torch.nn.Module:
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module | dict, metadata: dict) -> None:
-    """Writes `model` (a module, or its state dict) with `metadata`."""
+    """Writes `model` (a module, or its state dict) with `metadata`, and the learned inner learning rates that
+    metadata["inner_lrs"] may hold as tensors beside the weights."""
     weights = model if isinstance(model, dict) else model.state_dict()
+    settings = {key: value for key, value in metadata.items() if key != "inner_lrs"}
+    if "inner_lrs" in metadata:
+        weights = {**weights, **{INNER_LR + name: rates for name, rates in metadata["inner_lrs"].items()}}
+        settings["learned_inner_lr"] = True
     tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in weights.items()}
-    _atomic_save(path, tensors, {"format": FORMAT, "fewshot": json.dumps(metadata)})
+    _atomic_save(path, tensors, {"format": FORMAT, "fewshot": json.dumps(settings)})
 
 
 def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
@@ -81,8 +99,9 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
         raise CheckpointError(f"{path.name}: its weights {', '.join(not_finite[:5])} hold NaN or infinite values, "
                               f"as a run whose loss diverged saves them.")
     model = model_from_metadata(metadata)
+    inner_lrs = {name.removeprefix(INNER_LR): tensors.pop(name) for name in list(tensors) if name.startswith(INNER_LR)}
     model.load_state_dict(tensors)
-    return model, metadata
+    return model, metadata | ({"inner_lrs": inner_lrs} if inner_lrs else {})
 
 
 def record_accuracy(path: Path, summary: dict) -> None:
@@ -92,33 +111,44 @@ def record_accuracy(path: Path, summary: dict) -> None:
     save_checkpoint(path, model, metadata)
 
 
-def save_training_state(path: Path, weights: dict, optimizer: torch.optim.Optimizer, iterations: int) -> None:
-    """The model's `weights` (its state dict) and Adam's moments and step counts, so that a resumed run
-    continues exactly where it stopped. One file, written atomically: no crash or signal can leave the
-    weights and the optimizer at different iterations."""
+def save_training_state(path: Path, weights: dict, optimizer: torch.optim.Optimizer, iterations: int,
+                        inner_lrs: dict | None = None) -> None:
+    """The model's `weights` (its state dict), its learned `inner_lrs` if any, and Adam's moments and step counts,
+    so that a resumed run continues exactly where it stopped. One file, written atomically: no crash or signal
+    can leave the weights and the optimizer at different iterations."""
     state = optimizer.state_dict()
     tensors = {f"model.{name}": t.detach().cpu() for name, t in weights.items()}
+    tensors.update({INNER_LR + name: rates.detach().cpu() for name, rates in (inner_lrs or {}).items()})
     tensors.update({f"optimizer.{index}.{key}": value.detach().cpu().reshape(-1) if value.dim() == 0 else
                     value.detach().cpu() for index, entries in state["state"].items() for key, value in entries.items()})
     _atomic_save(path, tensors, {"format": TRAINING_STATE_FORMAT, "param_groups": json.dumps(state["param_groups"]),
                                  "iterations": str(iterations)})
 
 
-def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Restores the model and the optimizer from `path`; returns the iterations they had done."""
+def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        inner_lrs: dict | None = None) -> int:
+    """Restores the model, the learned `inner_lrs` if the run has them (in place), and the optimizer from `path`;
+    returns the iterations they had done."""
     tensors, header = _read(path)
     if header.get("format") != TRAINING_STATE_FORMAT:
         raise CheckpointError(f"{Path(path).name} is not a fewshot training state ({TRAINING_STATE_FORMAT}).")
-    weights, state = {}, {}
+    weights, rates, state = {}, {}, {}
     for name, value in tensors.items():
         part, rest = name.split(".", 1)
         if part == "model":
             weights[rest] = value
+        elif name.startswith(INNER_LR):
+            rates[rest] = value
         else:
             index, key = rest.split(".", 1)
             state.setdefault(int(index), {})[key] = value.reshape(()) if key == "step" else value
     try:
         model.load_state_dict(weights)
+        if rates.keys() != (inner_lrs or {}).keys():
+            raise ValueError(f"it has {'' if rates else 'no '}learned inner learning rates")
+        with torch.no_grad():
+            for name, saved in rates.items():
+                inner_lrs[name].copy_(saved)
         optimizer.load_state_dict({"state": state, "param_groups": json.loads(header["param_groups"])})
     except (RuntimeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{Path(path).name} does not fit this run's model: {error}".splitlines()[0]) from None
@@ -163,6 +193,8 @@ def _metadata(name: str, header: dict) -> dict:
         raise CheckpointError(f"{name}: its metadata lacks {', '.join(missing)}.")
     for key, value in metadata.items():
         _check_setting(name, key, value)
+    if metadata.get("learned_inner_lr") and metadata["inner_steps"] == 0:
+        raise CheckpointError(f"{name}: its metadata gives learned inner learning rates for 0 inner steps.")
     return metadata
 
 
@@ -182,6 +214,10 @@ def _check_setting(name: str, key: str, value) -> None:
         allowed, wanted = value in CHOICES[key], f"one of {', '.join(CHOICES[key])}"
     elif key == "accuracy":
         allowed, wanted = isinstance(value, dict), "a JSON object"
+    elif key == "learned_inner_lr":
+        allowed, wanted = type(value) is bool, "true or false"
+    elif key == "inner_lrs":  # learned rates are tensors beside the weights, never JSON
+        allowed, wanted = False, "allowed: learned inner learning rates are tensors of the file"
     else:
         return
     if not allowed:
@@ -193,7 +229,10 @@ def _shapes(metadata: dict) -> dict:
     shapes without memory."""
     with torch.device("meta"):
         model = model_from_metadata(metadata)
-    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    if metadata.get("learned_inner_lr"):
+        shapes.update({INNER_LR + name: (metadata["inner_steps"],) for name, _ in model.named_parameters()})
+    return shapes
 
 
 def _check_weights(name: str, expected: dict, f) -> None:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoints import CheckpointError, load_checkpoint, record_accuracy
+from .checkpoints import CheckpointError, inner_lr_of, load_checkpoint, record_accuracy
 from .config import MAX_SEED, Config
 from .evaluation import TEST_SEED, evaluate
 from .memory import keep_freed_memory
@@ -19,13 +19,23 @@ MAX_TEST_TASKS, MAX_TEST_INNER_STEPS = 100_000, 100  # evaluate: a few hours on 
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One --option per Config field, with its default, help and choices."""
+    """One --option per Config field, with its default, help and choices; a true-or-false one is on with
+    `--option` alone, or takes true or false (as runs.config_arguments writes it)."""
     for field in dataclasses.fields(Config):
         default = field.default
-        parser.add_argument("--" + field.name.replace("_", "-"), type=type(default), default=None,
+        kind = {"type": true_or_false, "nargs": "?", "const": True, "metavar": "true|false"} \
+            if type(default) is bool else {"type": type(default)}
+        parser.add_argument("--" + field.name.replace("_", "-"), **kind, default=None,
                             choices=field.metadata.get("choices"),
                             help=f"{field.metadata['help']} (default: {default!r})" if default != "" else
                             field.metadata["help"])
+
+
+def true_or_false(text: str) -> bool:
+    """The value of a true-or-false option: true or false, in any case (Python writes True and False)."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
 
 
 def config_from_args(args, base: dict | None = None) -> Config:
@@ -100,7 +110,7 @@ def evaluate_command(args) -> None:
     alphabets = [data.alphabet(c) for c in characters] if args.within_alphabet else None
     sampler = TaskSampler(data.ink, characters, metadata["ways"], shots, args.queries, alphabets=alphabets,
                           rotations=not args.within_alphabet)  # within one alphabet: upright, as in Lake et al.
-    result = evaluate(model, sampler, metadata["inner_lr"], steps, args.tasks, seed=args.seed,
+    result = evaluate(model, sampler, inner_lr_of(metadata), steps, args.tasks, seed=args.seed,
                       transductive=args.transductive)
     kind = " within one alphabet" if args.within_alphabet else ""
     tasks = f"{split}/{args.characters}" + (f", seed {args.seed}" if args.seed != TEST_SEED else "")

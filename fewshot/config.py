@@ -12,9 +12,11 @@ from .omniglot import DRAWINGS_PER_CHARACTER
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_SEED = 2**32 - 1  # torch takes seeds below 2**64; training's task seeds are seed * 1,000,000 + iteration
-# What a resumed run keeps: its model's shape, and the tasks it meta-trains and is tested on. The rest (the
-# learning rates, the queries, the iterations, the algorithm, the device, ...) may change when it resumes.
-KEPT_ON_RESUME = ("backbone", "channels", "blocks", "ways", "shots", "split")
+# What a resumed run keeps: its model's shape, and the tasks it meta-trains and is tested on; and whether it learns
+# its inner learning rates, which it saves with its weights (with them, its inner steps too: one rate per step).
+# The rest (the learning rates, the queries, the iterations, the algorithm, the device, ...) may change when it
+# resumes.
+KEPT_ON_RESUME = ("backbone", "channels", "blocks", "ways", "shots", "split", "learned_inner_lr")
 
 
 def default_data_root() -> str:
@@ -76,6 +78,23 @@ class Config:
     seed: int = _option(0, "seed of the initial weights and of the task sequence", at_least=0, at_most=MAX_SEED)
     init_from: str = _option("", "checkpoint whose weights start the run instead of random ones; a classifier "
                                  "for another number of ways starts random (default: none)")
+    # Options of MAML++ (Antoniou, Edwards & Storkey, 2019, "How to train your MAML"), all off by default
+    multi_step_loss: int = _option(0, "MAML++'s multi-step loss: the meta-loss sums the query loss after every inner "
+                                      "step, weighted equally at first, then linearly more toward the last step, "
+                                      "which alone counts from this iteration on, as in plain MAML (0: off); the "
+                                      "train loss recorded meanwhile is that weighted sum",
+                                   at_least=0, at_most=10**9, label="multi-step loss until")
+    cosine_annealing: bool = _option(False, "MAML++'s cosine annealing: the outer learning rate follows a cosine "
+                                            "from outer_lr at the first iteration down to outer_lr / 100 after the "
+                                            "last", label="cosine-annealed β")
+    second_order_from: int = _option(0, "maml: first-order meta-gradients before this iteration, second order from "
+                                        "it on (MAML++'s derivative-order annealing; 0: second order throughout; "
+                                        "fomaml stays first order)",
+                                     at_least=0, at_most=10**9, label="2nd order from iteration")
+    learned_inner_lr: bool = _option(False, "MAML++'s learned inner learning rates: one per layer's weights or biases "
+                                            "and per inner step, starting at inner_lr, meta-learned by the outer "
+                                            "loop; test-time steps beyond inner_steps take the last step's",
+                                     label="learned α per layer and step")
     # Monitoring
     val_every: int = _option(25, "iterations between validations", at_least=1, label="validate every")
     val_tasks: int = _option(64, "held-out tasks per validation", at_least=1, label="validation tasks")
@@ -97,6 +116,8 @@ class Config:
             problems["shots + queries"] = (
                 f"shots + queries must be at most {DRAWINGS_PER_CHARACTER} (Omniglot has {DRAWINGS_PER_CHARACTER} "
                 f"drawings per character), got {self.shots} + {self.queries}")
+        if not problems:
+            problems = maml_plus_plus_problems(self)
         if problems:
             raise ValueError("; ".join(problems.values()))
 
@@ -133,6 +154,8 @@ def field_problem(field: dataclasses.Field, value) -> str | None:
     fraction, true, or nan where a number of ways belongs is reported here, not as an error deep in torch.
     """
     name, kind, limits = field.name, type(field.default), field.metadata
+    if kind is bool:
+        return None if isinstance(value, bool) else f"{name} must be true or false, got {value!r}"
     if limits["choices"]:
         return None if value in limits["choices"] else \
             f"{name} must be one of {', '.join(limits['choices'])}, got {value!r}"
@@ -151,11 +174,25 @@ def field_problem(field: dataclasses.Field, value) -> str | None:
     return None
 
 
-def changes_refused_on_resume(saved: Config, new: Config) -> list[str]:
-    """The fields (of KEPT_ON_RESUME) in which `new` differs from the `saved` configuration of a run.
+def maml_plus_plus_problems(config: Config) -> dict:
+    """What is wrong with the MAML++ options of an otherwise valid `config`: {the options: why}."""
+    problems = {}
+    if config.engine == "learn2learn" and (config.multi_step_loss or config.learned_inner_lr):
+        problems["engine"] = ("the multi-step loss and learned inner learning rates need engine fewshot; the "
+                              "notebook's learn2learn loop has neither")
+    if config.learned_inner_lr and config.inner_steps == 0:
+        problems["learned_inner_lr"] = ("learned_inner_lr learns one rate per inner step: it needs inner_steps of "
+                                        "1 or more")
+    return problems
 
-    A resumed run keeps its model's shape, so that its saved weights fit, and its tasks, so that its curve and
-    its test accuracy measure one thing. A run that should change them is a new run (--init-from can start it
-    from the old run's checkpoint).
+
+def changes_refused_on_resume(saved: Config, new: Config) -> list[str]:
+    """The fields (of KEPT_ON_RESUME, and inner_steps for a run that learns its inner learning rates) in which
+    `new` differs from the `saved` configuration of a run.
+
+    A resumed run keeps its model's shape, so that its saved weights fit (its learned inner learning rates too),
+    and its tasks, so that its curve and its test accuracy measure one thing. A run that should change them is a
+    new run (--init-from can start it from the old run's checkpoint).
     """
-    return [name for name in KEPT_ON_RESUME if getattr(saved, name) != getattr(new, name)]
+    kept = KEPT_ON_RESUME + (("inner_steps",) if saved.learned_inner_lr else ())
+    return [name for name in kept if getattr(saved, name) != getattr(new, name)]

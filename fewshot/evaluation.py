@@ -45,9 +45,12 @@ def confidence_interval(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), 1.96 * values.std(unbiased=True).item() / math.sqrt(len(values))
 
 
-def adapted_task_metrics(model, sampler: TaskSampler, tasks: int, seed: int, inner_lr: float, steps: int,
+def adapted_task_metrics(model, sampler: TaskSampler, tasks: int, seed: int, inner_lr, steps: int,
                          chunk: int = TASKS_AT_ONCE, on_progress=None, transductive: bool = False):
-    """Query loss and accuracy of each of `tasks` tasks after `steps` inner steps: two tensors of [tasks]."""
+    """Query loss and accuracy of each of `tasks` tasks after `steps` inner steps: two tensors of [tasks].
+
+    `inner_lr` is alpha, or a checkpoint's learned inner learning rates (checkpoints.inner_lr_of; maml.step_size).
+    """
     losses, accuracies = [], []
     parameter = next(model.parameters())
     for start in range(0, tasks, chunk):  # task k is task k - start of seed + start: see TaskSampler.sample
@@ -62,7 +65,7 @@ def adapted_task_metrics(model, sampler: TaskSampler, tasks: int, seed: int, inn
     return torch.cat(losses), torch.cat(accuracies)
 
 
-def evaluate(model, sampler: TaskSampler, inner_lr: float, steps: int, tasks: int = 600,
+def evaluate(model, sampler: TaskSampler, inner_lr, steps: int, tasks: int = 600,
              seed: int = TEST_SEED, on_progress=None, transductive: bool = False) -> Evaluation:
     losses, accuracies = adapted_task_metrics(model, sampler, tasks, seed, inner_lr, steps,
                                               on_progress=on_progress, transductive=transductive)

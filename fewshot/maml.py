@@ -13,6 +13,15 @@ gradient as a constant, and its meta-gradient is the query-loss gradient taken a
 
 The inner loop is plain math on a dict of parameters (torch.func); `vmap` runs it for all tasks of the
 meta-batch at once. The outer update is ordinary autograd plus Adam, as in the paper's experiments.
+
+Two options of MAML++ (Antoniou, Edwards & Storkey, 2019, "How to train your MAML") change these equations; both
+are off unless asked for:
+    learned inner learning rates (LSLR): alpha is one number per parameter tensor and per inner step, learned by
+        the outer loop like theta (learned_inner_lrs, step_size);
+    the multi-step loss (MSL): the outer loss of Eq. 2 is sum_j w_j L_Ti(f_theta'_ij(x_q), y_q), the query loss
+        after every inner step j, not the last one's alone (multi_step_query_loss).
+Their two others are schedules of the training loop (training.py): first order before second (derivative-order
+annealing), and a cosine-annealed beta.
 """
 
 from functools import partial
@@ -29,14 +38,38 @@ def loss(model, params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(functional_call(model, params, (x,)), y)
 
 
-def adapt(model, params: dict, support_x, support_y, inner_lr: float, steps: int, first_order: bool) -> dict:
+def adapt(model, params: dict, support_x, support_y, inner_lr, steps: int, first_order: bool) -> dict:
     """The inner loop, Eq. 1: `steps` gradient steps on the support set."""
-    for _ in range(steps):
-        grads = grad(partial(loss, model))(params, support_x, support_y)
-        if first_order:  # FOMAML: the inner gradient is a constant to the outer loop
-            grads = {name: g.detach() for name, g in grads.items()}
-        params = {name: params[name] - inner_lr * grads[name] for name in params}
+    for step in range(steps):
+        params = inner_step(model, params, support_x, support_y, inner_lr, step, first_order)
     return params
+
+
+def inner_step(model, params: dict, support_x, support_y, inner_lr, step: int, first_order: bool) -> dict:
+    """One step of Eq. 1: theta'_i <- theta'_i - alpha * grad_theta'_i L_Ti(f_theta'_i(x_s), y_s)."""
+    grads = grad(partial(loss, model))(params, support_x, support_y)
+    if first_order:  # FOMAML: the inner gradient is a constant to the outer loop
+        grads = {name: g.detach() for name, g in grads.items()}
+    return {name: params[name] - step_size(inner_lr, name, step) * grads[name] for name in params}
+
+
+def step_size(inner_lr, name: str, step: int):
+    """alpha for parameter `name` at inner step `step` (from 0): `inner_lr` itself when it is a number.
+
+    With MAML++'s learned rates (LSLR), `inner_lr` is a dict of learned_inner_lrs: each parameter tensor has its
+    own rate at each step. Test time may take more steps than training did: those reuse the last step's rate.
+    """
+    if not isinstance(inner_lr, dict):
+        return inner_lr
+    rates = inner_lr[name]
+    return rates[min(step, len(rates) - 1)]
+
+
+def learned_inner_lrs(model, inner_lr: float, steps: int) -> dict:
+    """MAML++'s learned inner learning rates (LSLR) before any learning: {parameter name: `steps` rates, each
+    `inner_lr`}, tensors that the outer loop's optimizer learns along with the weights."""
+    return {name: torch.full((steps,), float(inner_lr), dtype=p.dtype, device=p.device, requires_grad=True)
+            for name, p in model.named_parameters()}
 
 
 def query_logits(model, params: dict, support_x, query_x, transductive: bool = False) -> torch.Tensor:
@@ -52,28 +85,51 @@ def query_logits(model, params: dict, support_x, query_x, transductive: bool = F
 
 
 def task_query_loss(model, params, support_x, support_y, query_x, query_y, inner_lr, steps, first_order,
-                    transductive=False):
-    """L_Ti(f_theta'_i(x_q), y_q) and query accuracy for one task, theta'_i adapted from `params`."""
+                    transductive=False, step_weights=None):
+    """L_Ti(f_theta'_i(x_q), y_q) and query accuracy for one task, theta'_i adapted from `params`.
+
+    Given `step_weights`, one per inner step, the loss is MAML++'s multi-step loss (multi_step_query_loss).
+    """
+    if step_weights is not None:
+        return multi_step_query_loss(model, params, support_x, support_y, query_x, query_y, inner_lr, step_weights,
+                                     first_order, transductive)
     adapted = adapt(model, params, support_x, support_y, inner_lr, steps, first_order)
     logits = query_logits(model, adapted, support_x, query_x, transductive)
     return F.cross_entropy(logits, query_y), (logits.argmax(-1) == query_y).float().mean()
 
 
-def task_losses(model, batch: TaskBatch, inner_lr: float, steps: int, first_order: bool,
-                transductive: bool = False):
-    """Query loss and accuracy of every task of the batch after adaptation: two tensors of [tasks]."""
-    per_task = vmap(partial(task_query_loss, model, inner_lr=inner_lr, steps=steps, first_order=first_order,
-                            transductive=transductive), in_dims=(None, 0, 0, 0, 0))
+def multi_step_query_loss(model, params, support_x, support_y, query_x, query_y, inner_lr, step_weights: list,
+                          first_order, transductive=False):
+    """MAML++'s multi-step loss (MSL): sum_j w_j L_Ti(f_theta'_ij(x_q), y_q), theta'_ij the parameters after inner
+    step j, w_j = step_weights[j]; and the query accuracy after the last step. The queries then guide every
+    step, not only through the last one."""
+    total = 0.0
+    for step, weight in enumerate(step_weights):
+        params = inner_step(model, params, support_x, support_y, inner_lr, step, first_order)
+        logits = query_logits(model, params, support_x, query_x, transductive)
+        total = total + weight * F.cross_entropy(logits, query_y)
+    return total, (logits.argmax(-1) == query_y).float().mean()
+
+
+def task_losses(model, batch: TaskBatch, inner_lr, steps: int, first_order: bool, transductive: bool = False,
+                step_weights: list | None = None):
+    """Query loss and accuracy of every task of the batch after adaptation: two tensors of [tasks].
+
+    `inner_lr` is alpha, or MAML++'s learned rates (step_size); `step_weights`, MAML++'s multi-step loss.
+    """
+    per_task = vmap(partial(task_query_loss, model, steps=steps, first_order=first_order, transductive=transductive,
+                            step_weights=step_weights), in_dims=(None, 0, 0, 0, 0, None))
     params = dict(model.named_parameters())
-    return per_task(params, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+    return per_task(params, batch.support_x, batch.support_y, batch.query_x, batch.query_y, inner_lr)
 
 
-def meta_backward(model, batch: TaskBatch, inner_lr: float, steps: int, first_order: bool):
-    """Accumulates the meta-gradient, Eq. 2's grad_theta (averaged over tasks), into the parameters' .grad.
+def meta_backward(model, batch: TaskBatch, inner_lr, steps: int, first_order: bool, step_weights=None):
+    """Accumulates the meta-gradient, Eq. 2's grad_theta (averaged over tasks), into the parameters' .grad, and
+    into the .grad of MAML++'s learned inner learning rates when `inner_lr` holds them.
 
     Returns the mean query loss and accuracy after adaptation, as floats.
     """
-    losses, accuracies = task_losses(model, batch, inner_lr, steps, first_order)
+    losses, accuracies = task_losses(model, batch, inner_lr, steps, first_order, step_weights=step_weights)
     meta_loss = losses.mean()
     meta_loss.backward()
     return meta_loss.item(), accuracies.mean().item()

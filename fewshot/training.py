@@ -15,6 +15,7 @@ The same seed gives the same curve on a CPU.
 
 import fcntl
 import json
+import math
 import os
 import resource
 import signal
@@ -41,6 +42,7 @@ CHECKPOINT, TRAINING_STATE, METRICS, CONFIG, EVALUATION, LOCK = (
     "checkpoint.safetensors", "training_state.safetensors", "metrics.jsonl", "config.json", "evaluation.json",
     "train.lock")
 ENDED = "ended"  # written by `python -m fewshot train` as it exits, whatever the outcome: a run without it died
+COSINE_FLOOR = 0.01  # cosine annealing's last outer learning rate, over outer_lr: MAML++'s 1e-5 for its 1e-3
 STOP_GRACE = 3.0  # seconds a stop waits for the current iteration before it saves the last one and exits
 
 
@@ -125,15 +127,16 @@ def _train(config: Config, run_dir: Path, resume: bool, stop, should_stop, on_re
     device = training_device(config.device)
     samplers = make_samplers(config)
     model = initial_model(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
-    start, seconds = _restore(run_dir, model, optimizer, config) if resume else _begin(run_dir)
+    # MAML++'s learned inner learning rates, one per parameter and inner step, which Adam learns with the weights
+    inner_lrs = maml.learned_inner_lrs(model, config.inner_lr, config.inner_steps) if config.learned_inner_lr else None
+    inner_lr = inner_lrs or config.inner_lr  # what the inner loop steps with: them, else alpha
+    optimizer = torch.optim.Adam([*model.parameters(), *(inner_lrs or {}).values()], lr=config.outer_lr)
+    start, seconds = _restore(run_dir, model, optimizer, config, inner_lrs) if resume else _begin(run_dir)
     if start == 0 and config.init_from:
         warm_start(model, config.init_from)
-    for group in optimizer.param_groups:  # the configuration's, not the saved one: --resume --outer-lr lowers it
-        group["lr"] = config.outer_lr
     val_batch = samplers["val"].sample(config.val_tasks, seed=task_seed(config.seed, 0)).to(device=device)
     meta_backward = meta_backward_of(config.engine)
-    saver = stop.saves_with(_Saver(run_dir, model, optimizer, config, start))
+    saver = stop.saves_with(_Saver(run_dir, model, optimizer, config, start, inner_lrs))
     baseline_mb = reset_peak_memory()  # the process before its first meta-update: data, model, libraries
 
     records, iteration = [], start
@@ -146,18 +149,23 @@ def _train(config: Config, run_dir: Path, resume: bool, stop, should_stop, on_re
             batch = samplers["train"].sample(config.meta_batch, seed=task_seed(config.seed, iteration))
             batch = batch.to(device=device)
             optimizer.zero_grad()
-            loss, accuracy = meta_backward(model, batch, config.inner_lr, config.inner_steps, config.first_order)
+            step_weights = multi_step_weights(config, iteration)
+            multi_step = {} if step_weights is None else {"step_weights": step_weights}  # engine fewshot only
+            loss, accuracy = meta_backward(model, batch, inner_lr, config.inner_steps,
+                                           first_order_at(config, iteration), **multi_step)
             record = {"iteration": iteration, "train_loss": loss, "train_accuracy": accuracy}
             if baseline_mb is not None:  # read before this iteration's probe and validation
                 record["training_memory_mb"] = round(_status_mb("VmHWM") - baseline_mb, 1)
             probe_seconds = 0.0
             if probes(config, iteration):  # first against second order, on this batch, before the update
-                record["probe"] = measure_probe(model, batch, config)
+                record["probe"] = measure_probe(model, batch, config, inner_lr)
                 probe_seconds = record["probe"]["seconds"]
             with saver.lock:  # the update and its record: a stop never comes between them
+                for group in optimizer.param_groups:  # the configuration's, not the saved one: --resume
+                    group["lr"] = outer_lr_at(config, iteration)  # --outer-lr lowers it
                 optimizer.step()
                 if iteration % config.val_every == 0 or iteration == config.iterations:
-                    record.update(validate(model, val_batch, config))
+                    record.update(validate(model, val_batch, config, inner_lr))
                 elapsed = time.perf_counter() - tick - probe_seconds  # the run's own pace, probe left out
                 seconds += elapsed
                 record.update(seconds=round(seconds, 4), tasks_per_second=round(config.meta_batch / elapsed, 2),
@@ -176,37 +184,70 @@ def _train(config: Config, run_dir: Path, resume: bool, stop, should_stop, on_re
     with saver.lock:
         saver.save()
     if iteration == config.iterations and config.test_tasks and not stop.is_set():
-        finish(run_dir, model, config, samplers["test"], progress, saver.lock)
+        finish(run_dir, model, config, samplers["test"], progress, saver.lock, inner_lr)
     return records
 
 
+def outer_lr_at(config: Config, iteration: int) -> float:
+    """beta at this iteration: outer_lr; with MAML++'s cosine annealing, a cosine from outer_lr at the first
+    iteration down to COSINE_FLOOR * outer_lr after the last (torch's CosineAnnealingLR with T_max = iterations).
+    It depends on the iteration alone, so a resumed run follows it too."""
+    if not config.cosine_annealing:
+        return config.outer_lr
+    floor = COSINE_FLOOR * config.outer_lr
+    return floor + (config.outer_lr - floor) * (1 + math.cos(math.pi * (iteration - 1) / config.iterations)) / 2
+
+
+def multi_step_weights(config: Config, iteration: int) -> list | None:
+    """The weights w_j of MAML++'s multi-step loss (maml.multi_step_query_loss) at this iteration, or None for
+    plain MAML's loss, the last inner step's alone.
+
+    Of N inner steps, step j weighs (1 - t) / N, plus t for the last one, t = iteration / multi_step_loss: equal
+    weights at first, going linearly to the last step alone, which is plain MAML's loss from iteration
+    multi_step_loss on. (MAML++ anneals the same way, and leaves the other steps a floor of 0.03 / N until then.)
+    """
+    if iteration >= config.multi_step_loss:  # also when it is 0: off
+        return None
+    t, steps = iteration / config.multi_step_loss, config.inner_steps
+    return [(1 - t) / steps + (t if step == steps - 1 else 0.0) for step in range(steps)]
+
+
+def first_order_at(config: Config, iteration: int) -> bool:
+    """Whether this iteration's meta-gradient is first order: always for fomaml; for maml, before iteration
+    second_order_from (MAML++'s derivative-order annealing: cheap first-order updates first, MAML's after)."""
+    return config.first_order or iteration < config.second_order_from
+
+
 def probes(config: Config, iteration: int) -> bool:
-    """Whether this iteration measures first- against second-order MAML (probe.py). Only MAML runs of this
-    library's engine do: a FOMAML run would pay for a second-order pass, which distorts its pace."""
-    return (config.algorithm == "maml" and config.engine == "fewshot" and config.probe_every > 0
-            and iteration % config.probe_every == 0)
+    """Whether this iteration measures first- against second-order MAML (probe.py). Only second-order iterations
+    of this library's engine do: a first-order one would pay for a second-order pass, which distorts its pace.
+    Not while MAML++'s multi-step loss is on either: the probe compares meta-gradients of plain MAML's loss."""
+    return (not first_order_at(config, iteration) and config.engine == "fewshot" and config.probe_every > 0
+            and iteration % config.probe_every == 0 and multi_step_weights(config, iteration) is None)
 
 
-def measure_probe(model, batch, config: Config) -> dict:
+def measure_probe(model, batch, config: Config, inner_lr) -> dict:
     """probe.first_versus_second_order, after MAML's meta_backward on `batch`, with the seconds it took."""
     tick = time.perf_counter()
-    measured = probe.first_versus_second_order(model, batch, config.inner_lr, config.inner_steps)
+    measured = probe.first_versus_second_order(model, batch, inner_lr, config.inner_steps)
     return {**measured, "seconds": round(time.perf_counter() - tick, 4)}
 
 
-def validate(model, val_batch, config: Config) -> dict:
+def validate(model, val_batch, config: Config, inner_lr) -> dict:
     """Mean query loss and accuracy on the fixed held-out tasks, adapted as in training."""
     with torch.no_grad():
-        losses, accuracies = maml.task_losses(model, val_batch, config.inner_lr, config.inner_steps, True)
+        losses, accuracies = maml.task_losses(model, val_batch, inner_lr, config.inner_steps, True)
     return {"val_loss": losses.mean().item(), "val_accuracy": accuracies.mean().item()}
 
 
 def finish(run_dir: Path, model, config: Config, test_sampler: TaskSampler, progress: bool = True,
-           lock=None) -> dict:
+           lock=None, inner_lr=None) -> dict:
     """Evaluates on the test split, records the accuracy in the checkpoint and writes evaluation.json
-    (both under `lock`, so that a stop ending the process writes both or neither)."""
+    (both under `lock`, so that a stop ending the process writes both or neither). `inner_lr`: the run's learned
+    inner learning rates, if it has them (default: config.inner_lr)."""
     bar = tqdm(total=config.test_tasks, desc="test tasks", disable=not progress)
-    result = evaluate(model, test_sampler, config.inner_lr, config.test_inner_steps, config.test_tasks,
+    inner_lr = config.inner_lr if inner_lr is None else inner_lr
+    result = evaluate(model, test_sampler, inner_lr, config.test_inner_steps, config.test_tasks,
                       on_progress=lambda done, total: bar.update(done - bar.n))
     bar.close()
     summary = {"split": f"{config.split}/test", **result.to_dict()}
@@ -254,10 +295,11 @@ class _Saver:
     stop that cannot wait for the end of an iteration can take the lock, save the last one done, and end.
     """
 
-    def __init__(self, run_dir: Path, model, optimizer, config: Config, iteration: int):
+    def __init__(self, run_dir: Path, model, optimizer, config: Config, iteration: int, inner_lrs: dict | None):
         # The parameters themselves, which the optimizer updates in place: while torch.func transforms run,
         # the model's attributes hold their stand-ins, which another thread cannot save.
         self.weights = dict(model.named_parameters())
+        self.inner_lrs = inner_lrs  # learned inner learning rates, if any, also updated in place
         self.run_dir, self.optimizer, self.config = run_dir, optimizer, config
         self.done = self.saved = iteration
         self.lock = threading.Lock()
@@ -268,8 +310,9 @@ class _Saver:
         training state, should the process die between the two."""
         if self.done == self.saved:
             return
-        save_training_state(self.run_dir / TRAINING_STATE, self.weights, self.optimizer, self.done)
-        save_checkpoint(self.run_dir / CHECKPOINT, self.weights, checkpoint_metadata(self.config, self.done))
+        save_training_state(self.run_dir / TRAINING_STATE, self.weights, self.optimizer, self.done, self.inner_lrs)
+        save_checkpoint(self.run_dir / CHECKPOINT, self.weights,
+                        checkpoint_metadata(self.config, self.done, inner_lrs=self.inner_lrs))
         self.saved = self.done
 
 
@@ -292,12 +335,13 @@ def _begin(run_dir: Path) -> tuple[int, float]:
     return 0, 0.0
 
 
-def _restore(run_dir: Path, model, optimizer, config: Config) -> tuple[int, float]:
-    """Loads the last saved training state, rewrites the checkpoint from it, and cuts the metrics back to it
-    (all of them if the run died before its first save). Returns (iteration, seconds trained)."""
+def _restore(run_dir: Path, model, optimizer, config: Config, inner_lrs: dict | None) -> tuple[int, float]:
+    """Loads the last saved training state (with the learned `inner_lrs`, if the run has them), rewrites the
+    checkpoint from it, and cuts the metrics back to it (all of them if the run died before its first save).
+    Returns (iteration, seconds trained)."""
     if (run_dir / TRAINING_STATE).exists():
-        iteration = load_training_state(run_dir / TRAINING_STATE, model, optimizer)
-        save_checkpoint(run_dir / CHECKPOINT, model, checkpoint_metadata(config, iteration))
+        iteration = load_training_state(run_dir / TRAINING_STATE, model, optimizer, inner_lrs)
+        save_checkpoint(run_dir / CHECKPOINT, model, checkpoint_metadata(config, iteration, inner_lrs=inner_lrs))
     elif (run_dir / CHECKPOINT).exists():
         raise CheckpointError(f"{run_dir} has a checkpoint but no {TRAINING_STATE} to resume from (saved by an "
                               f"earlier fewshot?); start a new run with --init-from {run_dir / CHECKPOINT}")

@@ -164,13 +164,16 @@ def settings(defaults: dict, model_id: str) -> tuple:
                                key=f"draw_ways_{model_id}", persist_state="session", width=200)
         shots = st.number_input("Drawings per class (K shots)", 1, MAX_SHOTS, min(max(defaults["shots"], 1), MAX_SHOTS),
                                 key=f"draw_shots_{model_id}", persist_state="session", width=200)
-        inner_lr = st.number_input("Inner learning rate α", 0.0, 10.0, min(float(defaults["inner_lr"]), 10.0),
-                                   step=0.05, format="%g", key=f"draw_lr_{model_id}", persist_state="session",
-                                   width=200)
+        if isinstance(defaults["inner_lr"], dict):  # MAML++'s learned rates, one per layer and inner step
+            inner_lr = defaults["inner_lr"]
+        else:
+            inner_lr = float(st.number_input("Inner learning rate α", 0.0, 10.0,
+                                             min(float(defaults["inner_lr"]), 10.0), step=0.05, format="%g",
+                                             key=f"draw_lr_{model_id}", persist_state="session", width=200))
         steps = st.number_input("Inner steps", 0, MAX_STEPS, min(defaults["steps"], MAX_STEPS),
                                 key=f"draw_steps_{model_id}", persist_state="session", width=200,
                                 help="Gradient steps on your drawings. The checkpoint's test-time setting by default.")
-    return int(ways), int(shots), float(inner_lr), int(steps)
+    return int(ways), int(shots), inner_lr, int(steps)
 
 
 def clear(slots: list, names: int = 0) -> None:
@@ -327,7 +330,8 @@ if chosen is None:
     st.info("Open **Model and settings** to choose or upload a checkpoint.", icon=":material/info:")
     st.stop()
 st.caption(f"{Path(checkpoint_name).stem}: {ways} classes, {shots} drawing{'s' if shots > 1 else ''} per "
-           f"class, {steps} inner step{'s' if steps != 1 else ''} of size α = {inner_lr:g} (Model and settings).")
+           f"class, {steps} inner step{'s' if steps != 1 else ''} " + ("with its learned α per layer and step"
+           if isinstance(inner_lr, dict) else f"of size α = {inner_lr:g}") + " (Model and settings).")
 mismatch = st.container()  # always there, so that the error does not move, and so remount, the canvases
 if ways != ways_of(model):
     mismatch.error(f"This checkpoint tells exactly {ways_of(model)} classes apart: it was meta-trained on "

@@ -49,7 +49,7 @@ def open_page(page: str | None = None) -> AppTest:
 
 def form_field(app: AppTest, name: str):
     """The form's widget for Config field `name` (labelled in plain words: app_ui.field_label)."""
-    [widget] = [w for w in [*app.number_input, *app.selectbox] if w.label == field_label(name)]
+    [widget] = [w for w in [*app.number_input, *app.selectbox, *app.checkbox] if w.label == field_label(name)]
     return widget
 
 

@@ -1,13 +1,15 @@
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
-from fewshot import checkpoints
-from fewshot.checkpoints import (FORMAT, CheckpointError, checkpoint_metadata, load_checkpoint, load_training_state,
-                                 save_checkpoint, save_training_state)
+from fewshot import checkpoints, maml
+from fewshot.checkpoints import (FORMAT, CheckpointError, checkpoint_metadata, inner_lr_of, load_checkpoint,
+                                 load_training_state, record_accuracy, save_checkpoint, save_training_state)
 from fewshot.config import Config
 from fewshot.models import build_model
 
@@ -209,6 +211,8 @@ def test_a_valid_checkpoint_of_too_many_ways_is_refused_by_the_bound_before_buil
     ("split", ["lake"], "one of lake, maml-paper"),
     ("algorithm", {}, "one of maml, fomaml"),
     ("accuracy", 0.9, "a JSON object"),
+    ("learned_inner_lr", "yes", "true or false"),
+    ("inner_lrs", {"classifier.bias": [0.4]}, "allowed: learned inner learning rates are tensors of the file"),
 ])
 def test_settings_of_the_wrong_type_or_out_of_bounds_are_refused_before_building(tmp_path, nothing_built, key,
                                                                                 value, wanted):
@@ -274,3 +278,83 @@ def test_every_message_is_one_line_even_for_an_odd_file_name(tmp_path):
     path = tmp_path / "two\nlines.safetensors"
     path.write_bytes(b"not a checkpoint")
     assert "not a readable safetensors file" in refusal(path)
+
+
+LEARNED = dataclasses.replace(CONFIG, inner_steps=2, learned_inner_lr=True)
+
+
+def learned_rates(model) -> dict:
+    """Learned inner learning rates for LEARNED's 2 inner steps, a different one for each parameter and step."""
+    return {name: torch.rand(2) for name, _ in model.named_parameters()}
+
+
+def test_learned_inner_lrs_are_tensors_of_the_checkpoint_and_survive_a_recorded_accuracy(tmp_path):
+    path = tmp_path / "m.safetensors"
+    model = build_model("conv", 5, 8, 3)
+    rates = learned_rates(model)
+    save_checkpoint(path, model, checkpoint_metadata(LEARNED, iterations=12, inner_lrs=rates))
+    assert safetensors_layout_problems(path.read_bytes()) == []
+    with safe_open(str(path), framework="pt") as f:
+        assert torch.equal(f.get_tensor("inner_lr.blocks.0.layer.weight"), rates["blocks.0.layer.weight"])
+        assert "inner_lrs" not in json.loads(f.metadata()["fewshot"])  # not JSON: tensors
+    record_accuracy(path, {"ways": 5, "shots": 1, "accuracy": 0.9})
+    loaded, metadata = load_checkpoint(path)
+    assert metadata["learned_inner_lr"] is True and metadata["accuracy"]["5w1s"]["accuracy"] == 0.9
+    assert metadata["inner_lrs"].keys() == rates.keys()
+    assert all(torch.equal(metadata["inner_lrs"][name], rates[name]) for name in rates)
+    assert inner_lr_of(metadata) is metadata["inner_lrs"]
+    x = torch.rand(6, 1, 28, 28)
+    assert torch.equal(model(x), loaded(x))
+    saved_model(tmp_path / "plain.safetensors")
+    _, plain = load_checkpoint(tmp_path / "plain.safetensors")
+    assert "inner_lrs" not in plain and inner_lr_of(plain) == CONFIG.inner_lr
+
+
+@pytest.mark.parametrize("change, problem", [
+    pytest.param(lambda tensors: {k: v for k, v in tensors.items() if k != "inner_lr.classifier.bias"},
+                 "missing inner_lr.classifier.bias", id="missing"),
+    pytest.param(lambda tensors: tensors | {"inner_lr.classifier.bias": torch.rand(3)},
+                 "inner_lr.classifier.bias has shape (3,), expected (2,)", id="3-steps"),
+    pytest.param(lambda tensors: tensors | {"inner_lr.classifier.bias": torch.full((2,), float("nan"))},
+                 "inner_lr.classifier.bias hold NaN or infinite values", id="NaN"),
+])
+def test_learned_inner_lrs_that_do_not_match_the_metadata_are_refused(tmp_path, change, problem):
+    model = build_model("conv", 5, 8, 3)
+    tensors = model.state_dict() | {"inner_lr." + name: rates for name, rates in learned_rates(model).items()}
+    metadata = metadata_with(inner_steps=2, learned_inner_lr=True)
+    assert problem in refusal(crafted(tmp_path / "m.safetensors", metadata, change(tensors)))
+    assert "unexpected inner_lr." in refusal(crafted(tmp_path / "m.safetensors", metadata_with(inner_steps=2), tensors))
+
+
+def test_learned_inner_lrs_for_no_inner_step_are_refused_before_building(tmp_path, nothing_built):
+    metadata = metadata_with(inner_steps=0, learned_inner_lr=True)
+    assert "learned inner learning rates for 0 inner steps" in refusal(crafted(tmp_path / "m.safetensors", metadata))
+
+
+def test_a_training_state_keeps_the_learned_inner_lrs_and_their_moments_and_fits_only_a_run_that_learns_them(
+        tmp_path):
+    torch.manual_seed(0)
+    model = build_model("conv", 5, 8, 2)
+    rates = maml.learned_inner_lrs(model, 0.4, 2)
+    optimizer = torch.optim.Adam([*model.parameters(), *rates.values()], lr=0.01)
+    for _ in range(2):
+        x = torch.rand(4, 1, 28, 28)
+        (model(x).sum() + sum(r.square().sum() for r in rates.values())).backward()
+        optimizer.step()
+    path = tmp_path / "state.safetensors"
+    save_training_state(path, model.state_dict(), optimizer, iterations=7, inner_lrs=rates)
+    fresh = build_model("conv", 5, 8, 2)
+    fresh_rates = maml.learned_inner_lrs(fresh, 0.4, 2)
+    restored = torch.optim.Adam([*fresh.parameters(), *fresh_rates.values()], lr=0.5)
+    assert load_training_state(path, fresh, restored, fresh_rates) == 7
+    assert all(torch.equal(rates[name], fresh_rates[name]) for name in rates)
+    assert not torch.equal(rates["classifier.bias"], torch.full((2,), 0.4))  # learned, so a real test
+    saved, loaded = optimizer.state_dict()["state"], restored.state_dict()["state"]
+    assert len(loaded) == len(saved) == len(list(model.parameters())) + len(rates)
+    assert all(torch.equal(saved[i][key], loaded[i][key]) for i in saved for key in saved[i])
+    plain = torch.optim.Adam(fresh.parameters())
+    with pytest.raises(CheckpointError, match="does not fit this run's model: it has learned inner learning rates"):
+        load_training_state(path, fresh, plain)
+    save_training_state(path, model.state_dict(), torch.optim.Adam(model.parameters()), iterations=1)
+    with pytest.raises(CheckpointError, match="does not fit this run's model: it has no learned inner learning rates"):
+        load_training_state(path, fresh, restored, fresh_rates)

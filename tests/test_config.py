@@ -29,6 +29,10 @@ def test_every_bad_field_is_named_in_one_message():
     ({"shots": 15, "queries": 10}, "shots + queries must be at most 20 (Omniglot has 20 drawings per character), "
                                    "got 15 + 10"),
     ({"algorithm": "reptile"}, "algorithm must be one of maml, fomaml, got 'reptile'"),
+    ({"multi_step_loss": 100, "engine": "learn2learn"}, "the multi-step loss and learned inner learning rates need "
+                                                       "engine fewshot; the notebook's learn2learn loop has neither"),
+    ({"learned_inner_lr": True, "inner_steps": 0}, "learned_inner_lr learns one rate per inner step: it needs "
+                                                   "inner_steps of 1 or more"),
 ])
 def test_bad_values_are_refused(values, message):
     with pytest.raises(ValueError) as error:
@@ -49,6 +53,8 @@ def test_the_edges_of_what_is_allowed_are_allowed():
     ({"inner_lr": "0.4"}, "inner_lr must be a number, got '0.4'"),
     ({"split": ["lake"]}, "split must be one of lake, maml-paper, got ['lake']"),
     ({"data_root": 3}, "data_root must be text, got 3"),
+    ({"cosine_annealing": 1}, "cosine_annealing must be true or false, got 1"),
+    ({"learned_inner_lr": "yes"}, "learned_inner_lr must be true or false, got 'yes'"),
     ({"ways": "x", "outer_lr": -1}, "ways must be a whole number, got 'x'; outer_lr must be greater than 0, got -1"),
     ({"colour": "red"}, "unknown configuration keys: colour"),
 ])
@@ -90,7 +96,8 @@ def test_a_failed_save_keeps_the_saved_configuration(tmp_path, monkeypatch):
 
 def test_resume_refuses_the_model_shape_and_the_tasks_but_nothing_else():
     saved = Config(data_root="x")
-    other = {"backbone": "fc", "channels": 32, "blocks": 3, "ways": 20, "shots": 5, "split": "maml-paper"}
+    other = {"backbone": "fc", "channels": 32, "blocks": 3, "ways": 20, "shots": 5, "split": "maml-paper",
+             "learned_inner_lr": True}
     assert set(other) == set(KEPT_ON_RESUME)
     for name, value in other.items():
         assert changes_refused_on_resume(saved, dataclasses.replace(saved, **{name: value})) == [name]
@@ -100,6 +107,10 @@ def test_resume_refuses_the_model_shape_and_the_tasks_but_nothing_else():
     allowed = dict(algorithm="fomaml", queries=10, augment="affine", data_root="y", inner_steps=2, inner_lr=0.1,
                    outer_lr=0.0005, meta_batch=16, iterations=5000, engine="learn2learn", device="cpu", seed=1,
                    init_from="m.safetensors", val_every=50, val_tasks=32, checkpoint_every=10, test_tasks=0,
-                   test_inner_steps=5, probe_every=5)
-    assert set(allowed) | set(other) == {f.name for f in dataclasses.fields(Config)}
+                   test_inner_steps=5, probe_every=5, cosine_annealing=True, second_order_from=10)
+    with_engine_fewshot = dict(multi_step_loss=100)
+    assert set(allowed) | set(with_engine_fewshot) | set(other) == {f.name for f in dataclasses.fields(Config)}
     assert changes_refused_on_resume(saved, dataclasses.replace(saved, **allowed)) == []
+    assert changes_refused_on_resume(saved, dataclasses.replace(saved, **with_engine_fewshot)) == []
+    learned = dataclasses.replace(saved, learned_inner_lr=True)  # one rate per inner step: the steps are kept too
+    assert changes_refused_on_resume(learned, dataclasses.replace(learned, inner_steps=2)) == ["inner_steps"]

@@ -1,5 +1,7 @@
+import argparse
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewshot import metrics, training
+from fewshot import maml, metrics, runs, training
+from fewshot.adaptation import adapt_and_classify, adaptation_settings
 from fewshot.checkpoints import load_checkpoint
-from fewshot.config import Config
+from fewshot.cli import add_config_options, config_from_args, main
+from fewshot.config import Config, changes_refused_on_resume
 from fewshot.evaluation import TEST_SEED, evaluate
 from fewshot.omniglot import split_characters
 from fewshot.tasks import TaskSampler
@@ -343,3 +347,152 @@ def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_curve(data_ro
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert '"failures": []' in result.stdout and "finished: consistent with the uninterrupted run" in result.stdout
+
+
+def test_multi_step_loss_weights_go_from_equal_to_the_last_step_alone():
+    """MAML++'s schedule: step j of N weighs (1 - t) / N, and the last one t more, t = iteration / multi_step_loss."""
+    config = Config(data_root="x", inner_steps=4, multi_step_loss=100)
+    assert training.multi_step_weights(config, 50) == pytest.approx([1 / 8, 1 / 8, 1 / 8, 1 / 8 + 1 / 2])
+    assert training.multi_step_weights(config, 1) == pytest.approx([0.25] * 4, abs=0.01)
+    schedule = [training.multi_step_weights(config, iteration) for iteration in range(1, 100)]
+    assert all(sum(weights) == pytest.approx(1) for weights in schedule)
+    assert all(later[-1] > earlier[-1] and later[0] < earlier[0] for earlier, later in zip(schedule, schedule[1:]))
+    assert training.multi_step_weights(config, 100) is None and training.multi_step_weights(config, 101) is None
+    assert training.multi_step_weights(dataclasses.replace(config, multi_step_loss=0), 1) is None  # off
+
+
+def test_a_multi_step_loss_run_trains_on_plain_mamls_loss_once_its_weights_are_annealed(tiny_config, tmp_path):
+    """multi_step_loss 3: the multi-step loss at iterations 1 and 2, plain MAML's loss from 3 on, bit for bit what a
+    run that stops after 2 and resumes with the option off computes."""
+    msl = dataclasses.replace(tiny_config, inner_steps=2, multi_step_loss=3, test_tasks=0)
+    annealed = train(msl, tmp_path / "msl", progress=False)
+    train(dataclasses.replace(msl, iterations=2), tmp_path / "off", progress=False)
+    train(dataclasses.replace(msl, multi_step_loss=0), tmp_path / "off", resume=True, progress=False)
+    assert losses(records_in(tmp_path / "off")) == losses(annealed)  # (it validated at 2 as well)
+    assert_same_weights(weights_in(tmp_path / "off"), weights_in(tmp_path / "msl"))
+    plain = train(dataclasses.replace(msl, multi_step_loss=0), tmp_path / "plain", progress=False)
+    assert losses(annealed)[0] != losses(plain)[0]  # the weighted loss of both steps, not the last step's
+    assert losses(annealed)[2:] != losses(plain)[2:]  # its first two updates differ from plain MAML's
+
+
+def test_cosine_annealing_takes_the_outer_learning_rate_down_a_cosine_and_a_resumed_run_follows_it(
+        tiny_config, tmp_path, monkeypatch):
+    """Adam's learning rate at each update, across a stop and a resume: outer_lr * (0.01 + 0.99 * (1 + cos(pi *
+    (i - 1) / iterations)) / 2) at iteration i, from outer_lr at the first down towards outer_lr / 100."""
+    used, step = [], torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    cosine = dataclasses.replace(tiny_config, cosine_annealing=True, test_tasks=0)
+    train(cosine, tmp_path / "run", progress=False, should_stop=lambda: len(records_in(tmp_path / "run")) >= 4)
+    train(cosine, tmp_path / "run", resume=True, progress=False)
+    beta, n = cosine.outer_lr, cosine.iterations
+    assert used == pytest.approx([beta * (0.01 + 0.99 * (1 + math.cos(math.pi * (i - 1) / n)) / 2)
+                                  for i in range(1, n + 1)], rel=1e-12)
+    assert used[0] == beta and used[-1] < beta / 10
+    used.clear()
+    train(dataclasses.replace(cosine, cosine_annealing=False), tmp_path / "constant", progress=False)
+    assert used == [beta] * n  # off: outer_lr throughout
+
+
+def test_second_order_from_gives_fomamls_meta_gradient_before_it_and_mamls_from_it_on():
+    """On one batch, in float64: the meta-gradient of an iteration before second_order_from is FOMAML's, bit for bit,
+    and from it on MAML's."""
+    torch.manual_seed(0)
+    model = initial_model(Config(data_root="x", channels=8, blocks=2)).double()
+    batch = TaskSampler(torch.rand(30, 20, 28, 28), list(range(30)), 5, 1, 2).sample(3, seed=1).to(torch.float64)
+
+    def meta_gradient(first_order):
+        model.zero_grad()
+        maml.meta_backward(model, batch, 0.4, 2, first_order)
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    fomaml, second_order = meta_gradient(True), meta_gradient(False)
+    assert (fomaml - second_order).abs().max() > 1e-4 * second_order.abs().max()
+    config = Config(data_root="x", algorithm="maml", second_order_from=10)
+    for iteration, expected in ((1, fomaml), (9, fomaml), (10, second_order), (11, second_order)):
+        assert torch.equal(meta_gradient(training.first_order_at(config, iteration)), expected), iteration
+    assert not training.first_order_at(dataclasses.replace(config, second_order_from=0), 1)  # 0: maml throughout
+    assert training.first_order_at(dataclasses.replace(config, algorithm="fomaml", second_order_from=0), 10**6)
+
+
+def test_a_run_switched_to_second_order_at_an_iteration_is_a_fomaml_run_resumed_there_as_maml(tiny_config, tmp_path):
+    """second_order_from 3: FOMAML's updates at iterations 1 and 2, MAML's from 3 on, as a FOMAML run of 2
+    iterations resumed as MAML; the first- against second-order probe measures second-order iterations only."""
+    switched = dataclasses.replace(tiny_config, algorithm="maml", second_order_from=3, test_tasks=0, probe_every=1)
+    records = train(switched, tmp_path / "switched", progress=False)
+    resumed = dataclasses.replace(switched, second_order_from=0, probe_every=25)
+    train(dataclasses.replace(resumed, algorithm="fomaml", iterations=2), tmp_path / "resumed", progress=False)
+    train(resumed, tmp_path / "resumed", resume=True, progress=False)
+    assert losses(records) == losses(records_in(tmp_path / "resumed"))
+    assert_same_weights(weights_in(tmp_path / "switched"), weights_in(tmp_path / "resumed"))
+    second_order = train(dataclasses.replace(resumed, iterations=3), tmp_path / "maml", progress=False)
+    assert losses(second_order)[2] != losses(records)[2]  # the first two updates differ from MAML's
+    assert [record["iteration"] for record in records if "probe" in record] == [3, 4, 5, 6]
+
+
+def test_learned_inner_lrs_are_learned_saved_resumed_and_used_by_validation_and_test_time(tiny_config, omniglot,
+                                                                                         tmp_path, capsys):
+    """A stopped and resumed run learns the rates an uninterrupted one does; validation adapts with them, and so
+    do the final evaluation, `evaluate` and the Draw page, their third test-time step with the second step's
+    rates."""
+    learned = dataclasses.replace(tiny_config, inner_steps=2, learned_inner_lr=True, test_inner_steps=3)
+    full, run = tmp_path / "full", tmp_path / "run"
+    records = train(learned, full, progress=False)
+    train(learned, run, progress=False, should_stop=lambda: len(records_in(run)) >= 4)
+    train(learned, run, resume=True, progress=False)
+    assert measured(records_in(run)) == measured(records)
+    model, metadata = load_checkpoint(full / "checkpoint.safetensors")
+    rates = metadata["inner_lrs"]
+    assert rates.keys() == dict(model.named_parameters()).keys() and all(r.shape == (2,) for r in rates.values())
+    moved = {name for name, r in rates.items() if (r != learned.inner_lr).all()}  # learned: both steps' rates
+    assert moved == {name for name in rates if not name.endswith("layer.bias")}  # batch norm cancels those biases
+    resumed = load_checkpoint(run / "checkpoint.safetensors")[1]["inner_lrs"]
+    assert all(torch.equal(rates[name], resumed[name]) for name in rates)
+
+    split = split_characters(omniglot, "lake")
+    val_batch = TaskSampler(omniglot.ink, split["val"], 5, 1, 5).sample(learned.val_tasks, seed=task_seed(0, 0))
+    with torch.no_grad():
+        val_loss = maml.task_losses(model, val_batch, rates, 2, first_order=True)[0].mean().item()
+    assert records[-1]["val_loss"] == pytest.approx(val_loss, rel=1e-6)
+    test_tasks = TaskSampler(omniglot.ink, split["test"], 5, 1, 5)
+    with_rates = evaluate(model, test_tasks, rates, 3, tasks=10)
+    assert json.loads((full / "evaluation.json").read_text()) == {"split": "lake/test", **with_rates.to_dict()}
+    assert with_rates.loss != evaluate(model, test_tasks, learned.inner_lr, 3, tasks=10).loss
+    main(["evaluate", str(full / "checkpoint.safetensors"), "--tasks", "10", "--data-root", learned.data_root])
+    assert str(with_rates) in capsys.readouterr().out
+
+    settings = adaptation_settings(metadata)  # the Draw page's
+    assert settings["inner_lr"] is rates and settings["steps"] == 3
+    model = model.double()
+    support_x, support_y = val_batch.support_x[0].double(), val_batch.support_y[0]
+    adaptation = adapt_and_classify(model, support_x, support_y, settings["inner_lr"], settings["steps"])
+    two_rates = maml.adapt(model, dict(model.named_parameters()), support_x, support_y, rates, 3, first_order=True)
+    for name, weight in two_rates.items():
+        torch.testing.assert_close(adaptation.params[name], weight, rtol=0, atol=1e-10)
+
+
+def test_a_run_that_learns_its_inner_lrs_keeps_them_and_its_inner_steps_when_it_resumes(tiny_config, tmp_path):
+    learned = dataclasses.replace(tiny_config, learned_inner_lr=True, iterations=1, test_tasks=0)
+    train(learned, tmp_path, progress=False)
+    for change in ({"learned_inner_lr": False}, {"inner_steps": 2}):
+        with pytest.raises(ValueError, match=f"--resume cannot change {next(iter(change))} "):
+            train(dataclasses.replace(learned, iterations=2, **change), tmp_path, resume=True, progress=False)
+    assert changes_refused_on_resume(tiny_config, dataclasses.replace(tiny_config, inner_steps=2)) == []
+
+
+def test_the_maml_plus_plus_options_reach_a_run_through_the_command_line_that_the_app_writes():
+    """The app starts a run as `python -m fewshot train --name value ...` (runs.config_arguments): a true-or-false
+    option then reads True or False; typed by hand, --option alone turns it on."""
+    parser = argparse.ArgumentParser()
+    add_config_options(parser)
+    for config in (Config(data_root="x"), Config(data_root="x", inner_steps=2, multi_step_loss=50,
+                                                 cosine_annealing=True, second_order_from=20, learned_inner_lr=True)):
+        assert config_from_args(parser.parse_args(runs.config_arguments(config))) == config
+    typed = config_from_args(parser.parse_args(["--cosine-annealing", "--learned-inner-lr", "--iterations", "3"]))
+    assert typed.cosine_annealing and typed.learned_inner_lr and typed.iterations == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--cosine-annealing", "maybe"])
