@@ -238,14 +238,23 @@ def resume_button(run: runs.Run, prefix: str, label: str = "Resume") -> None:
 
 
 def _resume(run: runs.Run, prefix: str) -> None:
+    def resume() -> str:
+        runs.resume(run)
+        return (f"Resuming run {run.name}." if run.status() != runs.QUEUED else
+                f"Run {run.name} waits for a place: {runs.queue_place(run)} runs ahead.")
+    managing(prefix, "resume", resume)
+
+
+def managing(prefix: str, verb: str, action) -> None:
+    """`action()`, which changes runs and returns what to say, for a session that may manage them (the button
+    is disabled otherwise; a press sent anyway is refused here). The page's start_message(prefix) says what it
+    did, or why it could not `verb`."""
     try:
         if not may_manage():
             raise ValueError(NEEDS_KEY)
-        runs.resume(run)
-        message = ("success", f"Resuming run {run.name}." if run.status() != runs.QUEUED else
-                   f"Run {run.name} waits for a place: {runs.queue_place(run)} runs ahead.")
+        message = ("success", action())
     except (ValueError, OSError) as error:
-        message = ("error", cannot("resume", error))
+        message = ("error", cannot(verb, error))
     st.session_state[f"{prefix}_start_message"] = message
 
 

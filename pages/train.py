@@ -17,14 +17,10 @@ def start_run(config) -> str:
 
 
 def evaluate_pressed(run: runs.Run) -> None:
-    try:
-        if not ui.may_manage():
-            raise ValueError(ui.NEEDS_KEY)
+    def evaluate() -> str:
         runs.evaluate_now(run)
-        message = ("success", f"Measuring run {run.name}'s test accuracy on {run.config().test_tasks} tasks.")
-    except (ValueError, OSError) as error:
-        message = ("error", ui.cannot("evaluate", error))
-    st.session_state["train_start_message"] = message
+        return f"Measuring run {run.name}'s test accuracy on {run.config().test_tasks} tasks."
+    ui.managing("train", "evaluate", evaluate)
 
 
 def run_view(all_runs: list) -> None:
@@ -82,14 +78,10 @@ def delete_button(run: runs.Run) -> None:
 
 
 def delete_pressed(run: runs.Run) -> None:
-    try:
-        if not ui.may_manage():
-            raise ValueError(ui.NEEDS_KEY)
+    def delete() -> str:
         runs.delete(run)
-        message = ("success", f"Deleted run {run.name}.")
-    except (ValueError, OSError) as error:
-        message = ("error", ui.cannot("delete", error))
-    st.session_state["train_start_message"] = message
+        return f"Deleted run {run.name}."
+    ui.managing("train", "delete", delete)
 
 
 def ended_run(run: runs.Run, status: str) -> None:
