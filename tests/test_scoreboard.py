@@ -1,11 +1,14 @@
 """The class scoreboard (fewshot/scoreboard.py): what it stores, its limits, a bad file, many writers at once."""
 
-import multiprocessing
 import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 
 from fewshot import runs, scoreboard
+from fewshot.config import REPO_ROOT
 from fewshot.challenge import Level
 from fewshot.scoreboard import Answer, Scoreboard, ScoreboardError, ScoreboardFull
 
@@ -93,30 +96,32 @@ def test_the_scoreboard_lives_beside_the_runs_unless_told_and_is_no_run(tmp_path
 
 
 WRITERS, TASKS = 6, 40  # processes, and tasks of 5 answers each writes, every task its own transaction
-
-
-def write_tasks(path: str, writer: int, start: multiprocessing.Barrier, errors: multiprocessing.Queue) -> None:
-    board = Scoreboard(path)
-    start.wait()  # all at once
-    try:
-        for task in range(1, TASKS + 1):
-            board.record(task_answers(FIVE, writer, task, [0] * 5, [1] * 5, [0] * 5), f"session-{writer}")
-    except ScoreboardError as error:
-        errors.put(str(error))
+# One writer: a process of its own, started afresh (a fork would copy whatever locks the test process' other threads
+# hold at that moment, the app's queue dispatcher's and Streamlit's from earlier tests: all six hung once in CI),
+# which waits for the file `go`, so that all write at once.
+WRITER = """
+import sys, time
+from pathlib import Path
+from fewshot.challenge import Level
+from fewshot.scoreboard import Answer, Scoreboard
+path, writer, go, tasks = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+board = Scoreboard(path)
+while not go.exists():
+    time.sleep(0.005)
+for task in range(1, tasks + 1):
+    board.record([Answer(Level(5, False), writer, task, q + 1, 0, 1, 0) for q in range(5)], f"session-{writer}")
+"""
 
 
 def test_many_writers_at_once_lose_no_answer(tmp_path):
-    path = str(tmp_path / "board.sqlite3")
+    path, go = str(tmp_path / "board.sqlite3"), tmp_path / "go"
     Scoreboard(path)
-    context = multiprocessing.get_context("fork")  # quick: the children only write SQLite
-    start, errors = context.Barrier(WRITERS), context.Queue()
-    writers = [context.Process(target=write_tasks, args=(path, w, start, errors)) for w in range(WRITERS)]
-    for process in writers:
-        process.start()
-    for process in writers:
-        process.join(timeout=120)
-    assert [process.exitcode for process in writers] == [0] * WRITERS
-    assert errors.empty(), errors.get()
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, path, str(w), str(go), str(TASKS)], cwd=REPO_ROOT,
+                                stderr=subprocess.PIPE, text=True) for w in range(WRITERS)]
+    time.sleep(1)  # their imports
+    go.write_text("")
+    errors = [writer.communicate(timeout=120)[1] for writer in writers]
+    assert [writer.returncode for writer in writers] == [0] * WRITERS, errors
     assert len(rows(path)) == WRITERS * TASKS * 5
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
