@@ -3,19 +3,17 @@
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .adaptation import Adaptation
-
 WINNER, BEFORE, AFTER, CURVE = "#d62728", "#c5ccd3", "#7b8794", "#1f77b4"
 
 
-def adaptation_curves(adaptation: Adaptation, height: int = 280) -> go.Figure:
+def adaptation_curves(support_loss: list, support_accuracy: list, height: int = 280) -> go.Figure:
     """Support loss and accuracy after 0, 1, ..., steps inner steps (step 0: the meta-learned start θ)."""
-    steps = list(range(len(adaptation.support_loss)))
+    steps = list(range(len(support_loss)))
     figure = make_subplots(rows=1, cols=2, subplot_titles=("support loss", "support accuracy"),
                            horizontal_spacing=0.18)
-    figure.add_scatter(x=steps, y=adaptation.support_loss, mode="lines+markers", line=dict(color=CURVE),
+    figure.add_scatter(x=steps, y=support_loss, mode="lines+markers", line=dict(color=CURVE),
                        showlegend=False, row=1, col=1)
-    figure.add_scatter(x=steps, y=adaptation.support_accuracy, mode="lines+markers", line=dict(color=CURVE),
+    figure.add_scatter(x=steps, y=support_accuracy, mode="lines+markers", line=dict(color=CURVE),
                        showlegend=False, row=1, col=2)
     figure.update_xaxes(title_text="inner step", dtick=1 if len(steps) <= 12 else None)
     figure.update_yaxes(rangemode="tozero", row=1, col=1)

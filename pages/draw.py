@@ -27,6 +27,7 @@ from fewshot.adaptation_plots import adaptation_curves, probability_bars
 from fewshot.checkpoints import CheckpointError, load_checkpoint
 from fewshot.config import Config
 from fewshot.drawing import BlankDrawing, drawing_to_ink
+from fewshot.maml import last_step
 from fewshot.omniglot import DatasetNotFound, split_characters
 from fewshot.plots import ink_picture
 import app_ui as ui
@@ -120,6 +121,12 @@ def model_input(png: bytes) -> np.ndarray | None:
         return drawing_to_ink(np.asarray(Image.open(io.BytesIO(png)))).numpy()
     except BlankDrawing:
         return None
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def curves_figure(support_loss: tuple, support_accuracy: tuple):
+    """The inner loop's curves, drawn once per adaptation: a new query's rerun draws only its probabilities."""
+    return adaptation_curves(list(support_loss), list(support_accuracy))
 
 
 def picture(ink: np.ndarray, size: int) -> np.ndarray:
@@ -355,52 +362,62 @@ st.subheader("1. Your classes: the support set")
 names, inks = class_cards(ways, shots)
 
 st.subheader("2. Adapt, and classify a new drawing")
-with st.container(horizontal=True, gap="large"):
-    with st.container(width=SLOT_WIDTH):
-        st.markdown("**Query**: a new drawing of one of your classes")
-        query = slot(QUERY)
-        state.draw_shown = shown_now
-        st.button("Clear the query", key="draw_clear_query", on_click=clear, args=([QUERY],),
-                  icon=":material/ink_eraser:")
-    result = st.container(width="stretch")
 
-missing = missing_for_adapt(names, inks, ways_of(model), ways)
-adapt = result.button("Adapt", type="primary", icon=":material/model_training:", disabled=missing is not None)
-if missing:
-    result.info(missing, icon=":material/info:")
-    st.stop()
-support_x, support_y = support_set(inks)
-current = fingerprint(model_id, support_x, support_y, inner_lr, steps)
-if adapt:
-    state.draw_adapted = current
-if state.get("draw_adapted") is None:
-    result.info("Press **Adapt** to run the inner loop on your drawings.")
-    st.stop()
-if state.draw_adapted != current:
-    result.info("The drawings or the settings changed since the last adaptation: press **Adapt** again.")
-    st.stop()
-query_x = None if query is None else torch.from_numpy(query).float()[None, None]
-try:  # adapting again at each rerun gives the same result as the first time, in well under a second
-    tick = time.perf_counter()
-    with idle_threads():
-        adaptation = adapt_and_classify(model, support_x, support_y, inner_lr, steps, query_x)
-        unlike = None if query_x is None else float(novelty(model, adaptation.params, support_x, support_y,
-                                                              query_x)[0])
-    milliseconds = 1000 * (time.perf_counter() - tick)
-except ValueError as error:
-    result.error(f"Cannot adapt: {error}", icon=":material/error:")
-    st.stop()
-with result:
-    if query is None:
-        st.info("Draw a query on the left to classify it.")
-    else:
-        show_prediction(adaptation, names, unlike)
-loss, accuracy = adaptation.support_loss, adaptation.support_accuracy
-st.markdown(f"Adapted in {milliseconds:.0f} ms: {steps} inner steps on {len(support_y)} drawings. "
-            f"Support accuracy {accuracy[0]:.0%} → **{accuracy[-1]:.0%}**, loss {loss[0]:.2f} → "
-            f"**{loss[-1]:.2f}**.")
-with st.container(horizontal=True, gap="medium"):  # the query's first, nearer its prediction
-    if query is not None:
-        st.plotly_chart(probability_bars(names, adaptation.before[0], adaptation.after[0], steps),
-                        key="draw_probabilities", width=CHART_WIDTH, config=STILL)
-    st.plotly_chart(adaptation_curves(adaptation), key="draw_curves", width=CHART_WIDTH, config=STILL)
+
+@st.fragment
+def adapt_and_classify_section(model, model_id: str, names: list, inks: list, inner_lr, steps: int) -> None:
+    """The query, Adapt, and the adapted model's answer. A fragment: a stroke on the query, Clear the query and
+    Adapt rerun this part only, not the page's other canvases and settings, so a class of sessions on one
+    server costs the server a fraction of the work (issue 14's load test)."""
+    with st.container(horizontal=True, gap="large"):
+        with st.container(width=SLOT_WIDTH):
+            st.markdown("**Query**: a new drawing of one of your classes")
+            query = slot(QUERY)
+            st.button("Clear the query", key="draw_clear_query", on_click=clear, args=([QUERY],),
+                      icon=":material/ink_eraser:")
+        result = st.container(width="stretch")
+    missing = missing_for_adapt(names, inks, ways_of(model), len(names))
+    adapt = result.button("Adapt", type="primary", icon=":material/model_training:", disabled=missing is not None)
+    if missing:
+        result.info(missing, icon=":material/info:")
+        return
+    support_x, support_y = support_set(inks)
+    current = fingerprint(model_id, support_x, support_y, inner_lr, steps)
+    if adapt:
+        state.draw_adapted = current
+    if state.get("draw_adapted") is None:
+        result.info("Press **Adapt** to run the inner loop on your drawings.")
+        return
+    if state.draw_adapted != current:
+        result.info("The drawings or the settings changed since the last adaptation: press **Adapt** again.")
+        return
+    query_x = None if query is None else torch.from_numpy(query).float()[None, None]
+    try:  # adapting again at each rerun gives the same result as the first time, in well under a second
+        tick = time.perf_counter()
+        with idle_threads():
+            adaptation = adapt_and_classify(model, support_x, support_y, inner_lr, steps, query_x)
+            unlike = None if query_x is None else float(novelty(model, adaptation.params, support_x, support_y,
+                                                                  query_x, step=last_step(steps))[0])
+        milliseconds = 1000 * (time.perf_counter() - tick)
+    except ValueError as error:
+        result.error(f"Cannot adapt: {error}", icon=":material/error:")
+        return
+    with result:
+        if query is None:
+            st.info("Draw a query on the left to classify it.")
+        else:
+            show_prediction(adaptation, names, unlike)
+    loss, accuracy = adaptation.support_loss, adaptation.support_accuracy
+    st.markdown(f"Adapted in {milliseconds:.0f} ms: {steps} inner steps on {len(support_y)} drawings. "
+                f"Support accuracy {accuracy[0]:.0%} → **{accuracy[-1]:.0%}**, loss {loss[0]:.2f} → "
+                f"**{loss[-1]:.2f}**.")
+    with st.container(horizontal=True, gap="medium"):  # the query's first, nearer its prediction
+        if query is not None:
+            st.plotly_chart(probability_bars(names, adaptation.before[0], adaptation.after[0], steps),
+                            key="draw_probabilities", width=CHART_WIDTH, config=STILL)
+        st.plotly_chart(curves_figure(tuple(loss), tuple(accuracy)), key="draw_curves", width=CHART_WIDTH,
+                        config=STILL)
+
+
+adapt_and_classify_section(model, model_id, names, inks, inner_lr, steps)
+state.draw_shown = shown_now  # after the query's canvas: a rerun of the fragment alone leaves it as it is
