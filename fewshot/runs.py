@@ -152,20 +152,24 @@ class Run:
         return self.path / CHECKPOINT
 
     def is_running(self) -> bool:
-        launch = self.launch()
-        return _has_process(launch) and launchers.launcher_of(launch).is_alive(launch, self.path)
+        return self._running(self.launch())
 
     def is_queued(self) -> bool:
         """Whether the run waits for a place to train (dispatch starts it): queued, not started, not stopped."""
-        launch = self.launch()
+        return self._queued(self.launch())
+
+    def _running(self, launch: dict) -> bool:
+        return _has_process(launch) and launchers.launcher_of(launch).is_alive(launch, self.path)
+
+    def _queued(self, launch: dict) -> bool:
         return "arguments" in launch and not _has_process(launch) and not (self.path / STOP_REQUESTED).exists()
 
     def status(self) -> str:
-        if self.is_running():
+        launch = self.launch()  # read once: the pages ask every run's status at every refresh
+        if self._running(launch):
             return RUNNING
-        if self.is_queued():
+        if self._queued(launch):
             return QUEUED
-        launch = self.launch()
         if (self.path / EVALUATION).exists():
             return FINISHED
         config, records = self.config(), self.metrics()
@@ -455,11 +459,12 @@ def queue_place(run: Run, listed: list | None = None) -> int:
 
 def _queued_groups(listed: list) -> list:
     """The queued runs among `listed`, in the order they start: lists of one run, or of a comparison's two."""
-    queued = sorted((run for run in listed if run.is_queued()),
-                    key=lambda run: (run.launch().get("queued", 0.0), run.name))
+    launches = [(run.launch(), run) for run in listed]
+    queued = sorted(((launch, run) for launch, run in launches if run._queued(launch)),
+                    key=lambda pair: (pair[0].get("queued", 0.0), pair[1].name))
     groups = {}
-    for run in queued:
-        groups.setdefault(run.comparison() or run.name, []).append(run)
+    for launch, run in queued:
+        groups.setdefault(launch.get("comparison") or run.name, []).append(run)
     return list(groups.values())
 
 
