@@ -44,23 +44,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from browser import CHROMIUM, HOME_HEADING, IDLE, launch_chromium, served_app  # noqa: E402
+from browser import (CHROMIUM, HOME_HEADING, IDLE, TINY_FORM, TOOLBAR_SHOWN, launch_chromium,  # noqa: E402
+                     served_app)
 from canvas_drawings import QUERY, QUERY_NAME, SECOND_QUERY, SECOND_QUERY_NAME, SHAPES  # noqa: E402
 from fewshot import limits, runs  # noqa: E402
 from fewshot.adaptation import DEFAULT_CHECKPOINT  # noqa: E402
 from fewshot.config import default_data_root  # noqa: E402
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError, async_playwright  # noqa: E402
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg  # noqa: E402
-from test_browser_draw import TOOLBAR_SHOWN  # noqa: E402
-from test_browser_train import TINY  # noqa: E402
 from waiting import wait_for  # noqa: E402
 
 VIEWPORT = {"width": 1280, "height": 900}  # a laptop's
 SAMPLE_EVERY = 0.5  # seconds between two samples of the processes
 STOP_TIMEOUT = 60  # seconds the runs get to stop at the end, before they are killed
 FORM_ATTEMPTS, FILL_TIMEOUT_MS = 5, 10_000  # a starter opens the Train page's form up to 5 times for one press
-# A tiny run: TINY's sizes; validated, saved and tested as the form's first preset says, not as often as TINY
-# does (every 3 iterations: a run of thousands would send thousands of points to each Train page every second).
+# A tiny run: TINY_FORM's sizes; validated, saved and tested as the form's first preset says, not as often as
+# TINY_FORM does (every 3 iterations: a run of thousands would send thousands of points to each Train page every
+# second).
 RUN_SIZES = ("channels", "conv blocks", "tasks per meta-update")
 # Start's answers that are no error: the run started, or it waits for a free place, or the server is full.
 STARTED, QUEUED, REFUSED = "Started run", re.compile(r"\bqueued\b", re.IGNORECASE), "training (limit"
@@ -312,7 +312,8 @@ async def starter(session: Session, url: str, first_press: float, every: float, 
         if press and moment >= deadline:
             break
         await asyncio.sleep(max(0.0, moment - time.monotonic()))
-        await press_start(session, {**{label: TINY[label] for label in RUN_SIZES}, "meta-updates": str(iterations)})
+        sizes = {label: TINY_FORM[label] for label in RUN_SIZES}
+        await press_start(session, {**sizes, "meta-updates": str(iterations)})
 
 
 async def press_start(session: Session, fields: dict) -> None:

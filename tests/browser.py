@@ -15,6 +15,14 @@ ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium")
 HOME_HEADING = "Few-shot learning with MAML"
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'  # no script run going on
+# Whether the toolbar of a canvas (fabric.js' upper canvas, the argument) has slid in, above it: on hover it
+# moves up out of the canvas' top and fades in; until it is done it lies over the canvas and takes strokes.
+TOOLBAR_SHOWN = """canvas => { const toolbar = canvas.closest(".dc-root").querySelector(":scope > .dc-toolbar");
+    return getComputedStyle(toolbar).opacity === "1" && toolbar.getAnimations().length === 0; }"""
+# The form's fields (labels in app_ui.field_label) set to a run that takes a fraction of a second an iteration.
+TINY_FORM = {"channels": "8", "conv blocks": "2", "tasks per meta-update": "2", "meta-updates": "100000",
+             "validate every": "3", "validation tasks": "4", "save every": "3", "test tasks": "10",
+             "1st vs 2nd order every": "3"}  # so that MAML's probe charts are there too, from the start
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 

@@ -12,8 +12,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from browser import (ARTIFACTS, CHROMIUM, IDLE, REPO, launch_chromium, open_app_page, served_app, truncated_texts,
-                     visibility)
+from browser import (ARTIFACTS, CHROMIUM, IDLE, REPO, TOOLBAR_SHOWN, launch_chromium, open_app_page, served_app,
+                     truncated_texts, visibility)
 from canvas_drawings import QUERY, QUERY_NAME, SECOND_QUERY, SECOND_QUERY_NAME, SHAPES
 from fewshot.adaptation import DEFAULT_CHECKPOINT
 from waiting import wait_for
@@ -27,10 +27,6 @@ COUNT_RUNS = """window.runsEnded = 0;
 new MutationObserver(records => { for (const r of records) if (r.oldValue === "running") window.runsEnded++; })
     .observe(document, {subtree: true, attributes: true, attributeFilter: ["data-test-script-state"],
                         attributeOldValue: true});"""
-# Whether the toolbar of a canvas (fabric.js' upper canvas, the argument) has slid in, above it: on hover it
-# moves up out of the canvas' top and fades in; until it is done it lies over the canvas and takes strokes.
-TOOLBAR_SHOWN = """canvas => { const toolbar = canvas.closest(".dc-root").querySelector(":scope > .dc-toolbar");
-    return getComputedStyle(toolbar).opacity === "1" && toolbar.getAnimations().length === 0; }"""
 
 
 @pytest.fixture(scope="module")

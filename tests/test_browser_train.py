@@ -10,17 +10,14 @@ import time
 
 import pytest
 
-from browser import ARTIFACTS, CHARTS, CHROMIUM, launch_chromium, open_app_page, served_app, truncated_texts
+from browser import (ARTIFACTS, CHARTS, CHROMIUM, TINY_FORM, launch_chromium, open_app_page, served_app,
+                     truncated_texts)
 from fewshot import runs
 from waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 TIMEOUT_MS = 120_000  # generous: two cores shared by the app, its training processes and the browser
-# The form's fields (labels in app_ui.field_label) set to a run that takes a fraction of a second an iteration.
-TINY = {"channels": "8", "conv blocks": "2", "tasks per meta-update": "2", "meta-updates": "100000",
-        "validate every": "3", "validation tasks": "4", "save every": "3", "test tasks": "10",
-        "1st vs 2nd order every": "3"}  # so that MAML's probe charts are there too, from the start
 SCREENS = {"projector": (1024, 768), "laptop": (1400, 900)}
 TITLES = {"Train": "Train", "Compare": "MAML and FOMAML"}  # each page's heading
 LABELS = 'button, [data-testid="stWidgetLabel"], [data-baseweb="tag"]'  # the form's number inputs may scroll
@@ -76,7 +73,7 @@ def stop_all(runs_folder) -> None:
 
 def fill_tiny(page) -> None:
     page.get_by_text("Monitoring and engine").click()  # opens the expander of the last fields
-    for label, value in TINY.items():
+    for label, value in TINY_FORM.items():
         field = page.get_by_role("spinbutton", name=label, exact=True)
         field.fill(value)
         field.press("Tab")
