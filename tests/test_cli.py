@@ -153,6 +153,9 @@ def test_bench_times_the_notebook_loop_and_both_engines_for_every_setting(data_r
             assert (slower - 5e-4) / (ours + 5e-4) - 5e-3 <= float(printed.rstrip("x")) <= (
                 (slower + 5e-4) / (ours - 5e-4) + 5e-3), row
         assert float(row[8]) > 0  # GFLOP/s
+        notebook_mb, ours_mb, ratio = float(row[9]), float(row[10]), float(row[11].rstrip("x"))
+        assert notebook_mb > 0 and ours_mb > 0  # peak memory, rounded to MB
+        assert (ours_mb - 0.5) / (notebook_mb + 0.5) - 5e-3 <= ratio <= (ours_mb + 0.5) / (notebook_mb - 0.5) + 5e-3
     assert re.search(r"matrix product: [\d.]+ GFLOP/s", output)
 
 
