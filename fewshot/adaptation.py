@@ -20,7 +20,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from .checkpoints import inner_lr_of, load_checkpoint
-from .maml import step_size
+from .maml import last_step, step_size
 from .omniglot import Omniglot
 
 DEFAULT_CHECKPOINT = "maml-conv-5way.safetensors"  # shipped in checkpoints/
@@ -86,20 +86,21 @@ def adapt_and_classify(model, support_x: torch.Tensor, support_y: torch.Tensor, 
     recording the support loss and accuracy at each step, and the queries' class probabilities before and
     after. Batch norm uses the support set's statistics, so a query's probabilities do not depend on the
     other queries: one drawing can be classified alone. `inner_lr` is alpha, or the learned inner learning
-    rates of a checkpoint that has them (maml.step_size)."""
+    rates of a checkpoint that has them (maml.step_size). With per-step batch norm, step j uses step j's scale and
+    shift, and what follows the last step (its metrics, the queries after) the last step's, as in maml.py."""
     check_supports(model, support_y)
     query_x = support_x[:0] if query_x is None else query_x
     inputs, supports = torch.cat([support_x, query_x]), len(support_x)
 
-    def support_loss(params):  # the queries ride along: batch norm ignores them and so does the loss
-        logits = functional_call(model, params, (inputs, supports))
+    def support_loss(params, step):  # the queries ride along: batch norm ignores them and so does the loss
+        logits = functional_call(model, params, (inputs, supports), {"step": step})
         return F.cross_entropy(logits[:supports], support_y), logits
 
     params = {name: p.detach().requires_grad_() for name, p in model.named_parameters()}
     losses, accuracies, query_probabilities = [], [], []
     for step in range(steps + 1):
         with torch.set_grad_enabled(step < steps):  # the same forward gives this step's metrics and the queries'
-            loss, logits = support_loss(params)
+            loss, logits = support_loss(params, min(step, last_step(steps)))
         losses.append(loss.item())
         accuracies.append((logits[:supports].argmax(-1) == support_y).float().mean().item())
         if step in (0, steps):
@@ -112,13 +113,15 @@ def adapt_and_classify(model, support_x: torch.Tensor, support_y: torch.Tensor, 
 
 
 def novelty(model, params: dict, support_x: torch.Tensor, support_y: torch.Tensor,
-            query_x: torch.Tensor) -> torch.Tensor:
+            query_x: torch.Tensor, step: int = 0) -> torch.Tensor:
     """How unlike the support drawings each query is, to the model at `params`: the distance from its features
     (what the classifier layer sees) to the nearest support drawing's, over the mean distance between support
     drawings of different classes. The classifier must pick one of the classes whatever the query, so its
-    probabilities cannot say "none of these"; a query far from every drawing it adapted to may be none of them."""
+    probabilities cannot say "none of these"; a query far from every drawing it adapted to may be none of them.
+    `step`: with per-step batch norm, the inner step whose scale and shift to use; at the params of
+    adapt_and_classify's `steps` steps, maml.last_step(steps)."""
     supports = len(support_x)
-    features = classifier_inputs(model, params, torch.cat([support_x, query_x]), supports)
+    features = classifier_inputs(model, params, torch.cat([support_x, query_x]), supports, step)
     support_features, query_features = features[:supports], features[supports:]
     between_classes = support_y[:, None] != support_y[None, :]
     spread = torch.cdist(support_features, support_features)[between_classes].mean()
@@ -126,14 +129,14 @@ def novelty(model, params: dict, support_x: torch.Tensor, support_y: torch.Tenso
 
 
 @one_at_a_time
-def classifier_inputs(model, params: dict, inputs: torch.Tensor, supports: int) -> torch.Tensor:
+def classifier_inputs(model, params: dict, inputs: torch.Tensor, supports: int, step: int = 0) -> torch.Tensor:
     """The features the model's classifier layer gets for `inputs` at `params` (batch norm with the first
-    `supports` inputs' statistics, as in adapt_and_classify)."""
+    `supports` inputs' statistics, as in adapt_and_classify, and per-step batch norm at inner step `step`)."""
     seen = []
     hook = model.classifier.register_forward_pre_hook(lambda layer, args: seen.append(args[0]))
     try:
         with torch.no_grad():
-            functional_call(model, params, (inputs, supports))
+            functional_call(model, params, (inputs, supports), {"step": step})
     finally:
         hook.remove()
     return seen[0]

@@ -6,7 +6,9 @@ split, the iterations trained, measured accuracy, and the library version. Loadi
 against the model that metadata describes. A model meta-trained with MAML++'s learned inner learning rates
 has "learned_inner_lr": true there, and its rates beside its weights, a tensor of one rate per inner step
 for each parameter, named "inner_lr." + the parameter's name; load_checkpoint returns them in the metadata,
-as "inner_lrs" ({parameter name: tensor}), and save_checkpoint takes them from there. What a run needs to
+as "inner_lrs" ({parameter name: tensor}), and save_checkpoint takes them from there. A model with MAML++'s
+per-step batch norm has "per_step_bn": true there, and batch-norm weights and biases of one row per inner step,
+[inner_steps, features], which the model built from that metadata expects. What a run needs to
 resume, the model and the optimizer state together, lives beside it in a second safetensors file. Every
 write goes to a temporary file first, then takes the old one's place (files.py).
 """
@@ -57,6 +59,8 @@ def checkpoint_metadata(config: Config, iterations: int, accuracy: dict | None =
                 "algorithm": config.algorithm, "inner_lr": config.inner_lr, "inner_steps": config.inner_steps,
                 "test_inner_steps": config.test_inner_steps, "split": config.split, "seed": config.seed,
                 "iterations": iterations, "accuracy": accuracy or {}, "library_version": __version__}
+    if config.per_step_bn:  # only then: a plain model's metadata stays what it was
+        metadata["per_step_bn"] = True
     return metadata if inner_lrs is None else {**metadata, "inner_lrs": inner_lrs}
 
 
@@ -67,7 +71,8 @@ def inner_lr_of(metadata: dict):
 
 
 def model_from_metadata(metadata: dict) -> torch.nn.Module:
-    return build_model(metadata["backbone"], metadata["ways"], metadata["channels"], metadata["blocks"])
+    norm_steps = metadata["inner_steps"] if metadata.get("per_step_bn") else None
+    return build_model(metadata["backbone"], metadata["ways"], metadata["channels"], metadata["blocks"], norm_steps)
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module | dict, metadata: dict) -> None:
@@ -195,6 +200,8 @@ def _metadata(name: str, header: dict) -> dict:
         _check_setting(name, key, value)
     if metadata.get("learned_inner_lr") and metadata["inner_steps"] == 0:
         raise CheckpointError(f"{name}: its metadata gives learned inner learning rates for 0 inner steps.")
+    if metadata.get("per_step_bn") and metadata["inner_steps"] == 0:
+        raise CheckpointError(f"{name}: its metadata gives per-step batch norm for 0 inner steps.")
     return metadata
 
 
@@ -214,7 +221,7 @@ def _check_setting(name: str, key: str, value) -> None:
         allowed, wanted = value in CHOICES[key], f"one of {', '.join(CHOICES[key])}"
     elif key == "accuracy":
         allowed, wanted = isinstance(value, dict), "a JSON object"
-    elif key == "learned_inner_lr":
+    elif key in ("learned_inner_lr", "per_step_bn"):
         allowed, wanted = type(value) is bool, "true or false"
     elif key == "inner_lrs":  # learned rates are tensors beside the weights, never JSON
         allowed, wanted = False, "allowed: learned inner learning rates are tensors of the file"

@@ -12,11 +12,11 @@ from .omniglot import DRAWINGS_PER_CHARACTER
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_SEED = 2**32 - 1  # torch takes seeds below 2**64; training's task seeds are seed * 1,000,000 + iteration
-# What a resumed run keeps: its model's shape, and the tasks it meta-trains and is tested on; and whether it learns
-# its inner learning rates, which it saves with its weights (with them, its inner steps too: one rate per step).
-# The rest (the learning rates, the queries, the iterations, the algorithm, the device, ...) may change when it
-# resumes.
-KEPT_ON_RESUME = ("backbone", "channels", "blocks", "ways", "shots", "split", "learned_inner_lr")
+# What a resumed run keeps: its model's shape, and the tasks it meta-trains and is tested on; whether it learns its
+# inner learning rates, which it saves with its weights, and whether its batch norm has a scale and shift per
+# inner step (with either, its inner steps too: one rate, or one row, per step). The rest (the learning rates, the
+# queries, the iterations, the algorithm, the device, ...) may change when it resumes.
+KEPT_ON_RESUME = ("backbone", "channels", "blocks", "ways", "shots", "split", "learned_inner_lr", "per_step_bn")
 
 
 def default_data_root() -> str:
@@ -95,6 +95,12 @@ class Config:
                                             "and per inner step, starting at inner_lr, meta-learned by the outer "
                                             "loop; test-time steps beyond inner_steps take the last step's",
                                      label="learned α per layer and step")
+    per_step_bn: bool = _option(False, "MAML++'s per-step batch norm: each batch norm layer has a scale and shift "
+                                       "for every inner step, the network at step j using step j's and the queries "
+                                       "the last step's; test-time steps beyond inner_steps take the last step's. "
+                                       "First-order meta-gradients learn the last step's alone, unless the "
+                                       "multi-step loss is on",
+                                label="batch norm scale and shift per step")
     # Monitoring
     val_every: int = _option(25, "iterations between validations", at_least=1, label="validate every")
     val_tasks: int = _option(64, "held-out tasks per validation", at_least=1, label="validation tasks")
@@ -183,16 +189,22 @@ def maml_plus_plus_problems(config: Config) -> dict:
     if config.learned_inner_lr and config.inner_steps == 0:
         problems["learned_inner_lr"] = ("learned_inner_lr learns one rate per inner step: it needs inner_steps of "
                                         "1 or more")
+    if config.per_step_bn and config.engine == "learn2learn":
+        problems["per_step_bn"] = ("per_step_bn needs engine fewshot: the notebook's learn2learn loop has one batch "
+                                   "norm scale and shift for all inner steps")
+    elif config.per_step_bn and config.inner_steps == 0:
+        problems["per_step_bn"] = ("per_step_bn gives batch norm a scale and shift per inner step: it needs "
+                                   "inner_steps of 1 or more")
     return problems
 
 
 def changes_refused_on_resume(saved: Config, new: Config) -> list[str]:
-    """The fields (of KEPT_ON_RESUME, and inner_steps for a run that learns its inner learning rates) in which
-    `new` differs from the `saved` configuration of a run.
+    """The fields (of KEPT_ON_RESUME, and inner_steps for a run that learns its inner learning rates or has
+    per-step batch norm) in which `new` differs from the `saved` configuration of a run.
 
     A resumed run keeps its model's shape, so that its saved weights fit (its learned inner learning rates too),
     and its tasks, so that its curve and its test accuracy measure one thing. A run that should change them is a
     new run (--init-from can start it from the old run's checkpoint).
     """
-    kept = KEPT_ON_RESUME + (("inner_steps",) if saved.learned_inner_lr else ())
+    kept = KEPT_ON_RESUME + (("inner_steps",) if saved.learned_inner_lr or saved.per_step_bn else ())
     return [name for name in kept if getattr(saved, name) != getattr(new, name)]

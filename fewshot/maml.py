@@ -14,14 +14,25 @@ gradient as a constant, and its meta-gradient is the query-loss gradient taken a
 The inner loop is plain math on a dict of parameters (torch.func); `vmap` runs it for all tasks of the
 meta-batch at once. The outer update is ordinary autograd plus Adam, as in the paper's experiments.
 
-Two options of MAML++ (Antoniou, Edwards & Storkey, 2019, "How to train your MAML") change these equations; both
+Three options of MAML++ (Antoniou, Edwards & Storkey, 2019, "How to train your MAML") change these equations; all
 are off unless asked for:
     learned inner learning rates (LSLR): alpha is one number per parameter tensor and per inner step, learned by
         the outer loop like theta (learned_inner_lrs, step_size);
     the multi-step loss (MSL): the outer loss of Eq. 2 is sum_j w_j L_Ti(f_theta'_ij(x_q), y_q), the query loss
-        after every inner step j, not the last one's alone (multi_step_query_loss).
+        after every inner step j, not the last one's alone (multi_step_query_loss);
+    per-step batch norm (BNWB): each batch norm's scale and shift have one row per inner step, and the network
+        at inner step j, f_theta'_ij, uses row j; the queries after the last step use the last step's row
+        (models.TaskBatchNorm, the `step` that loss and query_logits pass to the network).
 Their two others are schedules of the training loop (training.py): first order before second (derivative-order
 annealing), and a cosine-annealed beta.
+
+The per-step rows are parameters of theta like any other, so Eq. 1 adapts them too, as it adapts every parameter
+here, batch norm's included (MAML++'s code instead keeps batch norm out of the inner loop: meta-learned only).
+That keeps Eq. 1 one line over all of theta, and changes little: the support loss at step j depends on row j
+alone, so each step's gradient changes its own row only, and row j is still the meta-learned one when step j
+uses it. Only the queries see an adapted row, the last, adapted by the last step. With one inner step the option
+is plain MAML exactly. A first-order meta-gradient reaches row j only through a query loss after step j: without
+the multi-step loss, FOMAML learns the last row alone (as it would with MAML++'s inner loop).
 """
 
 from functools import partial
@@ -33,9 +44,10 @@ from torch.nn import functional as F
 from .tasks import TaskBatch
 
 
-def loss(model, params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """L_T(f_params(x), y): cross-entropy, batch norm using the statistics of x itself."""
-    return F.cross_entropy(functional_call(model, params, (x,)), y)
+def loss(model, params: dict, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> torch.Tensor:
+    """L_T(f_params(x), y): cross-entropy, batch norm using the statistics of x itself (and, with per-step batch
+    norm, the scale and shift of inner step `step`)."""
+    return F.cross_entropy(functional_call(model, params, (x,), {"step": step}), y)
 
 
 def adapt(model, params: dict, support_x, support_y, inner_lr, steps: int, first_order: bool) -> dict:
@@ -47,7 +59,7 @@ def adapt(model, params: dict, support_x, support_y, inner_lr, steps: int, first
 
 def inner_step(model, params: dict, support_x, support_y, inner_lr, step: int, first_order: bool) -> dict:
     """One step of Eq. 1: theta'_i <- theta'_i - alpha * grad_theta'_i L_Ti(f_theta'_i(x_s), y_s)."""
-    grads = grad(partial(loss, model))(params, support_x, support_y)
+    grads = grad(partial(loss, model))(params, support_x, support_y, step)
     if first_order:  # FOMAML: the inner gradient is a constant to the outer loop
         grads = {name: g.detach() for name, g in grads.items()}
     return {name: params[name] - step_size(inner_lr, name, step) * grads[name] for name in params}
@@ -72,16 +84,23 @@ def learned_inner_lrs(model, inner_lr: float, steps: int) -> dict:
             for name, p in model.named_parameters()}
 
 
-def query_logits(model, params: dict, support_x, query_x, transductive: bool = False) -> torch.Tensor:
-    """Logits for the queries, batch norm using the support set's statistics (see models.py).
+def query_logits(model, params: dict, support_x, query_x, transductive: bool = False, step: int = 0) -> torch.Tensor:
+    """Logits for the queries, batch norm using the support set's statistics (see models.py), and with per-step
+    batch norm, inner step `step`'s scale and shift (last_step).
 
     `transductive` uses the queries' own statistics instead, as the MAML reference code does: a query's
     prediction then depends on the other queries, so the evaluation can report the paper's protocol.
     """
     if transductive:
-        return functional_call(model, params, (query_x,))
-    logits = functional_call(model, params, (torch.cat([support_x, query_x]), len(support_x)))
+        return functional_call(model, params, (query_x,), {"step": step})
+    logits = functional_call(model, params, (torch.cat([support_x, query_x]), len(support_x)), {"step": step})
     return logits[len(support_x):]
+
+
+def last_step(steps: int) -> int:
+    """The inner step whose per-step batch norm classifies the queries after `steps` steps: the last step taken
+    (the first, 0, when none is)."""
+    return max(steps - 1, 0)
 
 
 def task_query_loss(model, params, support_x, support_y, query_x, query_y, inner_lr, steps, first_order,
@@ -94,7 +113,7 @@ def task_query_loss(model, params, support_x, support_y, query_x, query_y, inner
         return multi_step_query_loss(model, params, support_x, support_y, query_x, query_y, inner_lr, step_weights,
                                      first_order, transductive)
     adapted = adapt(model, params, support_x, support_y, inner_lr, steps, first_order)
-    logits = query_logits(model, adapted, support_x, query_x, transductive)
+    logits = query_logits(model, adapted, support_x, query_x, transductive, last_step(steps))
     return F.cross_entropy(logits, query_y), (logits.argmax(-1) == query_y).float().mean()
 
 
@@ -106,7 +125,7 @@ def multi_step_query_loss(model, params, support_x, support_y, query_x, query_y,
     total = 0.0
     for step, weight in enumerate(step_weights):
         params = inner_step(model, params, support_x, support_y, inner_lr, step, first_order)
-        logits = query_logits(model, params, support_x, query_x, transductive)
+        logits = query_logits(model, params, support_x, query_x, transductive, step)
         total = total + weight * F.cross_entropy(logits, query_y)
     return total, (logits.argmax(-1) == query_y).float().mean()
 

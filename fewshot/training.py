@@ -86,7 +86,8 @@ def training_device(name: str) -> torch.device:
 
 def initial_model(config: Config) -> torch.nn.Module:
     torch.manual_seed(config.seed)
-    return build_model(config.backbone, config.ways, config.channels, config.blocks)
+    norm_steps = config.inner_steps if config.per_step_bn else None  # MAML++'s per-step batch norm: a row per step
+    return build_model(config.backbone, config.ways, config.channels, config.blocks, norm_steps)
 
 
 def warm_start(model: torch.nn.Module, path: str) -> None:
@@ -99,8 +100,8 @@ def warm_start(model: torch.nn.Module, path: str) -> None:
     own, weights = model.state_dict(), trained.state_dict()
     body = [name for name in own if not name.startswith("classifier.")]
     if set(own) != set(weights) or any(own[name].shape != weights[name].shape for name in body):
-        raise ValueError(f"{path} holds another network than this run's {type(model).__name__}: "
-                         f"--init-from needs the same backbone, channels and blocks")
+        raise ValueError(f"{path} holds another network than this run's {type(model).__name__}: --init-from needs "
+                         f"the same backbone, channels and blocks, and per_step_bn (with it, inner_steps)")
     model.load_state_dict({n: weights[n] if weights[n].shape == own[n].shape else own[n] for n in own})
 
 
@@ -323,7 +324,8 @@ def _refuse_changes(saved: Config, config: Config, run_dir: Path) -> None:
         return
     asked = ", ".join(f"{name} (the run has {getattr(saved, name)}, you asked for {getattr(config, name)})"
                       for name in changed)
-    same_network = not {"backbone", "channels", "blocks"} & set(changed)  # what --init-from needs
+    network = {"backbone", "channels", "blocks", "per_step_bn"} | ({"inner_steps"} if saved.per_step_bn else set())
+    same_network = not network & set(changed)  # what --init-from needs
     start = f" (--init-from {run_dir / CHECKPOINT} starts it from this run's weights)" if same_network else ""
     raise ValueError(f"--resume cannot change {asked}; start a new run in another --run-dir{start}")
 

@@ -358,3 +358,43 @@ def test_a_training_state_keeps_the_learned_inner_lrs_and_their_moments_and_fits
     save_training_state(path, model.state_dict(), torch.optim.Adam(model.parameters()), iterations=1)
     with pytest.raises(CheckpointError, match="does not fit this run's model: it has no learned inner learning rates"):
         load_training_state(path, fresh, restored, fresh_rates)
+
+
+PER_STEP_BN = dataclasses.replace(CONFIG, inner_steps=3, per_step_bn=True)
+
+
+def test_per_step_batch_norm_round_trips_with_its_rows_and_survives_a_recorded_accuracy(tmp_path):
+    path = tmp_path / "m.safetensors"
+    torch.manual_seed(0)
+    model = build_model("conv", 5, 8, 3, norm_steps=3)
+    with torch.no_grad():  # rows that differ, so that a row mixed up with another shows
+        for name, p in model.named_parameters():
+            if ".norm." in name:
+                p.uniform_(0.5, 1.5)
+    save_checkpoint(path, model, checkpoint_metadata(PER_STEP_BN, iterations=12))
+    assert safetensors_layout_problems(path.read_bytes()) == []
+    record_accuracy(path, {"ways": 5, "shots": 1, "accuracy": 0.9})
+    loaded, metadata = load_checkpoint(path)
+    assert metadata["per_step_bn"] is True and metadata["accuracy"]["5w1s"]["accuracy"] == 0.9
+    assert loaded.get_parameter("blocks.2.norm.bias").shape == (3, 8)
+    x = torch.rand(6, 1, 28, 28)
+    for step in range(4):
+        assert torch.equal(model(x, step=step), loaded(x, step=step))
+    assert "per_step_bn" not in checkpoint_metadata(CONFIG, iterations=1)  # a plain model's metadata is unchanged
+
+
+def test_per_step_batch_norm_that_does_not_match_the_metadata_is_refused(tmp_path):
+    per_step = build_model("conv", 5, 8, 3, norm_steps=3).state_dict()
+    assert "blocks.0.norm.weight has shape (3, 8), expected (8,)" in refusal(
+        crafted(tmp_path / "m.safetensors", metadata_with(inner_steps=3), per_step))
+    assert "blocks.0.norm.weight has shape (3, 8), expected (2, 8)" in refusal(
+        crafted(tmp_path / "m.safetensors", metadata_with(inner_steps=2, per_step_bn=True), per_step))
+    assert "blocks.0.norm.weight has shape (8,), expected (3, 8)" in refusal(
+        crafted(tmp_path / "m.safetensors", metadata_with(inner_steps=3, per_step_bn=True)))
+    assert "gives per_step_bn as 'yes', which is not true or false" in refusal(
+        crafted(tmp_path / "m.safetensors", metadata_with(inner_steps=3, per_step_bn="yes"), per_step))
+
+
+def test_per_step_batch_norm_for_no_inner_step_is_refused_before_building(tmp_path, nothing_built):
+    metadata = metadata_with(inner_steps=0, per_step_bn=True)
+    assert "per-step batch norm for 0 inner steps" in refusal(crafted(tmp_path / "m.safetensors", metadata))

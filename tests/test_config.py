@@ -97,7 +97,7 @@ def test_a_failed_save_keeps_the_saved_configuration(tmp_path, monkeypatch):
 def test_resume_refuses_the_model_shape_and_the_tasks_but_nothing_else():
     saved = Config(data_root="x")
     other = {"backbone": "fc", "channels": 32, "blocks": 3, "ways": 20, "shots": 5, "split": "maml-paper",
-             "learned_inner_lr": True}
+             "learned_inner_lr": True, "per_step_bn": True}
     assert set(other) == set(KEPT_ON_RESUME)
     for name, value in other.items():
         assert changes_refused_on_resume(saved, dataclasses.replace(saved, **{name: value})) == [name]
@@ -114,3 +114,5 @@ def test_resume_refuses_the_model_shape_and_the_tasks_but_nothing_else():
     assert changes_refused_on_resume(saved, dataclasses.replace(saved, **with_engine_fewshot)) == []
     learned = dataclasses.replace(saved, learned_inner_lr=True)  # one rate per inner step: the steps are kept too
     assert changes_refused_on_resume(learned, dataclasses.replace(learned, inner_steps=2)) == ["inner_steps"]
+    per_step = dataclasses.replace(saved, per_step_bn=True)  # one batch norm row per inner step: the steps are kept
+    assert changes_refused_on_resume(per_step, dataclasses.replace(per_step, inner_steps=2)) == ["inner_steps"]
