@@ -12,7 +12,7 @@ import re
 import tempfile
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from .checkpoints import inner_lr_of, load_checkpoint
-from .maml import last_step, step_size
+from .maml import last_step, query_logits, step_size
 from .omniglot import Omniglot
 
 DEFAULT_CHECKPOINT = "maml-conv-5way.safetensors"  # shipped in checkpoints/
@@ -110,6 +110,17 @@ def adapt_and_classify(model, support_x: torch.Tensor, support_y: torch.Tensor, 
             params = {name: (params[name] - step_size(inner_lr, name, step) * grads[name]).detach().requires_grad_()
                       for name in params}
     return Adaptation(params, losses, accuracies, query_probabilities[0], query_probabilities[-1])
+
+
+@one_at_a_time
+def classify(model, adaptation: Adaptation, support_x: torch.Tensor, query_x: torch.Tensor, steps: int) -> Adaptation:
+    """`adaptation` (of `steps` steps on `support_x`) with new queries' class probabilities before and after, as
+    adapt_and_classify gives them: adapting once, a page classifies each new drawing with two forwards."""
+    theta = dict(model.named_parameters())
+    with torch.no_grad():
+        before = query_logits(model, theta, support_x, query_x, step=0).softmax(-1)
+        after = query_logits(model, adaptation.params, support_x, query_x, step=last_step(steps)).softmax(-1)
+    return replace(adaptation, before=before, after=after)
 
 
 def novelty(model, params: dict, support_x: torch.Tensor, support_y: torch.Tensor,

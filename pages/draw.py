@@ -20,7 +20,7 @@ from PIL import Image
 from streamlit_drawable_canvas import st_canvas  # imported here only: it needs a running Streamlit
 
 from fewshot import runs
-from fewshot.adaptation import (UNFAMILIAR, adapt_and_classify, adaptation_settings, checkpoint_label,
+from fewshot.adaptation import (UNFAMILIAR, adapt_and_classify, adaptation_settings, checkpoint_label, classify,
                                 describe_checkpoint, find_checkpoints, idle_threads, load_uploaded_checkpoint, novelty,
                                 omniglot_examples, upload_name, ways_of)
 from fewshot.adaptation_plots import adaptation_curves, probability_bars
@@ -121,6 +121,16 @@ def model_input(png: bytes) -> np.ndarray | None:
         return drawing_to_ink(np.asarray(Image.open(io.BytesIO(png)))).numpy()
     except BlankDrawing:
         return None
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)  # a class' sessions' latest; one evicted is made again
+def adapted(fingerprint: str, _model, _support_x, _support_y, _inner_lr, steps: int):
+    """The adaptation to the drawings that `fingerprint` names, and its milliseconds: made once, after Adapt; each
+    new query is then classified with it (adaptation.classify)."""
+    tick = time.perf_counter()
+    with idle_threads():
+        adaptation = adapt_and_classify(_model, _support_x, _support_y, _inner_lr, steps)
+    return adaptation, 1000 * (time.perf_counter() - tick)
 
 
 @st.cache_resource(show_spinner=False, max_entries=256)
@@ -391,17 +401,15 @@ def adapt_and_classify_section(model, model_id: str, names: list, inks: list, in
     if state.draw_adapted != current:
         result.info("The drawings or the settings changed since the last adaptation: press **Adapt** again.")
         return
-    query_x = None if query is None else torch.from_numpy(query).float()[None, None]
-    try:  # adapting again at each rerun gives the same result as the first time, in well under a second
-        tick = time.perf_counter()
-        with idle_threads():
-            adaptation = adapt_and_classify(model, support_x, support_y, inner_lr, steps, query_x)
-            unlike = None if query_x is None else float(novelty(model, adaptation.params, support_x, support_y,
-                                                                  query_x, step=last_step(steps))[0])
-        milliseconds = 1000 * (time.perf_counter() - tick)
+    try:
+        adaptation, milliseconds = adapted(current, model, support_x, support_y, inner_lr, steps)
     except ValueError as error:
         result.error(f"Cannot adapt: {error}", icon=":material/error:")
         return
+    if query is not None:
+        query_x = torch.from_numpy(query).float()[None, None]
+        adaptation = classify(model, adaptation, support_x, query_x, steps)
+        unlike = float(novelty(model, adaptation.params, support_x, support_y, query_x, step=last_step(steps))[0])
     with result:
         if query is None:
             st.info("Draw a query on the left to classify it.")

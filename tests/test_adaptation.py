@@ -17,7 +17,7 @@ from canvas_drawings import QUERY, SHAPES, canvas_image
 from waiting import outcomes_at_once
 from fewshot import maml
 from fewshot.adaptation import (DEFAULT_CHECKPOINT, MAX_RUNS_OFFERED, MAX_UPLOAD_NAME, SHIPPED, UNFAMILIAR,
-                                adapt_and_classify, adaptation_settings, character_name, checkpoint_label,
+                                adapt_and_classify, adaptation_settings, character_name, checkpoint_label, classify,
                                 describe_checkpoint, find_checkpoints, idle_threads, load_uploaded_checkpoint, novelty,
                                 omniglot_examples, upload_name)
 from fewshot.checkpoints import CheckpointError, checkpoint_metadata, load_checkpoint, save_checkpoint
@@ -88,6 +88,18 @@ def test_a_query_alone_gets_the_probabilities_it_gets_among_others(model, drawn_
         alone = adapt_and_classify(model, support_x, support_y, 0.4, 3, queries[i:i + 1])
         assert torch.allclose(alone.before[0], together.before[i], atol=1e-5)
         assert torch.allclose(alone.after[0], together.after[i], atol=1e-5)
+
+
+def test_classifying_with_an_adaptation_made_without_the_queries_gives_what_adapting_with_them_gives(model,
+                                                                                                    drawn_task):
+    """The Draw page adapts once, then classifies each new query with that adaptation (classify)."""
+    support_x, support_y, _ = drawn_task
+    queries = torch.rand(3, 1, 28, 28)
+    together = adapt_and_classify(model, support_x, support_y, 0.4, 3, queries)
+    alone = classify(model, adapt_and_classify(model, support_x, support_y, 0.4, 3), support_x, queries, 3)
+    torch.testing.assert_close(alone.before, together.before, rtol=0, atol=1e-6)
+    torch.testing.assert_close(alone.after, together.after, rtol=0, atol=1e-6)
+    assert not torch.allclose(alone.before, alone.after, atol=1e-3)  # the steps changed the answers
 
 
 def test_no_steps_leave_the_model_as_it_was(model, drawn_task):
