@@ -44,7 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from browser import (CHROMIUM, HOME_HEADING, IDLE, TINY_FORM, TOOLBAR_SHOWN, launch_chromium,  # noqa: E402
+from browser import (CHROMIUM, FINISHED_RUN, HOME_HEADING, IDLE, TINY_FORM, TOOLBAR_SHOWN, launch_chromium,  # noqa: E402
                      served_app)
 from canvas_drawings import QUERY, QUERY_NAME, SECOND_QUERY, SECOND_QUERY_NAME, SHAPES  # noqa: E402
 from fewshot import limits, runs  # noqa: E402
@@ -167,7 +167,7 @@ class Session:
             if isinstance(payload, bytes):
                 message = ForwardMsg.FromString(payload)
                 finished = message.script_finished if message.WhichOneof("type") == "script_finished" else None
-                if finished == ForwardMsg.FINISHED_SUCCESSFULLY:
+                if finished in FINISHED_RUN:  # of the page, or of a fragment of it
                     self.finishes.append((frames, time.monotonic()))
                     self.run_finished.set()
                 self.cut_short += finished == ForwardMsg.FINISHED_EARLY_FOR_RERUN

@@ -10,6 +10,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium")
@@ -51,8 +53,40 @@ def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
-def open_app_page(browser, url: str, viewport: dict, link: str, heading, timeout_ms: int, init_script: str = ""):
-    """A new tab on the app's page `link` (its name in the navigation), once the page's `heading` shows.
+# How ForwardMsg script_finished says that a run of the page, or of one of its fragments, ended
+FINISHED_RUN = (ForwardMsg.FINISHED_SUCCESSFULLY, ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY)
+
+
+class ScriptRuns:
+    """How many script runs the server has finished for a page: the ForwardMsg script_finished messages on its
+    websocket. (The page's data-test-script-state attribute misses a run that begins and ends between two renders,
+    as a fragment's rerun of a few milliseconds does.) Playwright delivers the messages while it is busy in a call,
+    so wait with page.wait_for_timeout, not time.sleep."""
+
+    def __init__(self, page):
+        self.finished = 0
+        page.on("websocket", lambda websocket: websocket.on("framereceived", self._received))
+
+    def _received(self, payload) -> None:
+        if isinstance(payload, bytes):
+            message = ForwardMsg.FromString(payload)
+            if message.WhichOneof("type") == "script_finished" and message.script_finished in FINISHED_RUN:
+                self.finished += 1
+
+    def wait_since(self, page, finished: int, timeout_ms: int) -> None:
+        """Waits until a run has finished since `finished` had, and the page shows none running."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while self.finished <= finished:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no script run finished within {timeout_ms / 1000:g} s")
+            page.wait_for_timeout(50)
+        page.wait_for_selector(IDLE)
+
+
+def open_app_page(browser, url: str, viewport: dict, link: str, heading, timeout_ms: int, init_script: str = "",
+                  watch=None):
+    """A new tab on the app's page `link` (its name in the navigation), once the page's `heading` shows; `watch`,
+    if given, is called with the tab before it loads anything (ScriptRuns, say).
 
     The first visit after the server starts runs in Streamlit's legacy pages/ mode until app.py has called
     st.navigation once: the tab opens Home, reloads it, then follows the navigation's link.
@@ -61,6 +95,8 @@ def open_app_page(browser, url: str, viewport: dict, link: str, heading, timeout
     page.set_default_timeout(timeout_ms)
     if init_script:
         page.add_init_script(init_script)
+    if watch:
+        watch(page)
     page.goto(url)
     page.get_by_role("heading", name=HOME_HEADING).wait_for()
     page.reload()

@@ -12,8 +12,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from browser import (ARTIFACTS, CHROMIUM, IDLE, REPO, TOOLBAR_SHOWN, launch_chromium, open_app_page, served_app,
-                     truncated_texts, visibility)
+from browser import (ARTIFACTS, CHROMIUM, IDLE, REPO, TOOLBAR_SHOWN, ScriptRuns, launch_chromium, open_app_page,
+                     served_app, truncated_texts, visibility)
 from canvas_drawings import QUERY, QUERY_NAME, SECOND_QUERY, SECOND_QUERY_NAME, SHAPES
 from fewshot.adaptation import DEFAULT_CHECKPOINT
 from waiting import wait_for
@@ -21,12 +21,7 @@ from waiting import wait_for
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 TIMEOUT_MS = 120_000  # generous: two cores shared by the app, maybe training runs, and the browser
-# In every page the browser opens: window.runsEnded counts the script runs that ended, each time the app's
-# data-test-script-state attribute leaves "running" (a run's start alone can come and go between two looks).
-COUNT_RUNS = """window.runsEnded = 0;
-new MutationObserver(records => { for (const r of records) if (r.oldValue === "running") window.runsEnded++; })
-    .observe(document, {subtree: true, attributes: true, attributeFilter: ["data-test-script-state"],
-                        attributeOldValue: true});"""
+RUNS = {}  # each page's ScriptRuns
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +51,8 @@ def draw_page(app, viewport: dict):
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
-        page = open_app_page(browser, app, viewport, "Draw", re.compile("^Draw"), TIMEOUT_MS, COUNT_RUNS)
+        page = open_app_page(browser, app, viewport, "Draw", re.compile("^Draw"), TIMEOUT_MS,
+                             watch=lambda page: RUNS.setdefault(page, ScriptRuns(page)))
         yield page
         browser.close()
 
@@ -240,10 +236,9 @@ def _rerun(page, action) -> None:
 
 
 def _runs_ended(page) -> int:
-    return page.evaluate("window.runsEnded")
+    return RUNS[page].finished
 
 
 def _wait_for_a_run_since(page, ended: int) -> None:
     """Waits until a script run has ended since `ended` had, and none is running."""
-    page.wait_for_function("([ended, idle]) => window.runsEnded > ended && document.querySelector(idle) !== null",
-                           arg=[ended, IDLE])
+    RUNS[page].wait_since(page, ended, TIMEOUT_MS)
