@@ -345,7 +345,7 @@ def start(config: Config, root: Path | None = None, owner: str | None = None) ->
     ValueError, naming every problem, when `config` asks more than this server allows, or the queue is full.
 
     Each run trains on limits.threads_per_run() torch threads (OMP_NUM_THREADS): one on a two-core machine.
-    There, two threads per run were 13 times slower than one (the quick class demo, 3.1 against 0.23 s per
+    There, two threads per run were 13 times slower than one (FOMAML, conv 32x4, 16 tasks: 3.1 against 0.23 s per
     meta-update, with other work on the cores), their OpenMP threads waiting for each other whenever a core
     is taken. The process runs at a lower priority than the web server (launchers.TRAINING_NICENESS), so that
     the pages answer at once while runs take every core.

@@ -124,7 +124,7 @@ def test_train_form_has_every_option_and_fills_from_presets(data_root):
     for name, words in (("inner_lr", "α"), ("outer_lr", "β"), ("meta_batch", "tasks per meta-update")):
         assert words in form_field(app, name).label  # plain words, tied to the equations' symbols
     assert form_field(app, "algorithm").options == ["maml", "fomaml"]
-    assert form_field(app, "algorithm").value == "fomaml" and form_field(app, "channels").value == 32
+    assert form_field(app, "algorithm").value == "maml" and form_field(app, "channels").value == 32
     form_field(app, "channels").set_value(16).run()
     app.selectbox(key="train_preset").set_value("MAML paper 5-way 1-shot").run()
     assert form_field(app, "algorithm").value == "maml"
@@ -166,7 +166,7 @@ def test_train_page_starts_a_run_charts_it_live_stops_it_and_keeps_its_checkpoin
     app.button(key="FormSubmitter:train_form-Start").click().run()
     assert not app.exception and not app.error
     [run] = runs.list_runs()
-    assert run.config().channels == 8 and run.config().algorithm == "fomaml"
+    assert run.config().channels == 8 and run.config().algorithm == "maml"
     wait_for(lambda: len(run.metrics()) >= 4, "four iterations")
     app.run()
     points = chart_points(app)
