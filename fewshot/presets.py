@@ -4,21 +4,24 @@ from .config import Config
 
 PRESETS = {
     # Tuned on validation (never on test) with scripts/time_to_accuracy.py, one torch thread at nice 10 as the app
-    # runs a run, other work on the 2 cores (load average 1.9 to 2.0). MAML with MAML++'s learned inner learning
+    # runs a run, the machine otherwise idle (load average under 1). MAML with MAML++'s learned inner learning
     # rates (the largest gain: FOMAML reached 0.87 after 400 meta-updates with them, 0.83 without), and Adam's
-    # 0.01 cosine-annealed to the run's end (a constant 0.005 or 0.01 stalled at 0.85 to 0.89).
-    # Measured curve (200 validation tasks; wall seconds from Start): 0.80 at 26 s, 0.85 at 34 s, 0.88 at 56 s,
-    # 0.89 at 63 s, 0.898 at 94 s, the end (600 meta-updates, 0.15 s each; 91 s at load 0.9); the checkpoint scored
-    # 89.9 +- 0.5 % on 1000 validation tasks (90.2 +- 0.5 % on 1000 others). Tried and dropped: 16 channels
-    # (stalls at 0.83), 48 or 64 (better per meta-update, 1.5 to 2.5 times slower), meta-batches of 8 or 32,
-    # 1 or 3 queries, 2 inner steps. No first- vs second-order probe: it would cost a validation's time.
-    "90-second class demo": dict(algorithm="maml", channels=32, blocks=4, meta_batch=16, outer_lr=0.01,
-                                 learned_inner_lr=True, cosine_annealing=True, iterations=600, val_every=50,
-                                 val_tasks=200, probe_every=0, checkpoint_every=100, test_tasks=100),
-    # The same, 48 channels and 1300 meta-updates (0.24 s each, load average 2.2 to 3.2), validated on 64 tasks:
-    # 0.90 after 115 s, 0.92 after 149 s, 0.94 after 216 s, then flat to the end at 320 s; 95 % not reached: the
-    # checkpoint at the end scored 94.3 +- 0.4 % and 94.8 +- 0.4 % on two sets of 1000 validation tasks. 64
-    # channels (0.92 after 5 min), 2 inner steps (0.90) and an outer learning rate of 0.005 (0.93) did worse.
+    # 0.01 cosine-annealed to the run's end (a constant 0.005 or 0.01 stalled at 0.85 to 0.89); 3 queries per class
+    # (0.12 s a meta-update against 0.15 with 5, for the same curve), and one test-time step (3 scored the same).
+    # Measured curve (200 validation tasks; wall seconds from Start): 0.80 at 24 s, 0.85 at 33 s, 0.89 at 62 s,
+    # 0.896 at 85.5 s, the end (700 meta-updates); the checkpoint there scored 90.23 +- 0.52 % and 90.20 +- 0.51 %
+    # on two sets of 1000 validation tasks. Tried and dropped: 16 channels (stalls at 0.83), 48 or 64 (better per
+    # meta-update, 1.5 to 2.5 times slower), meta-batches of 8 or 32, 1 query, 2 inner steps. No first- vs
+    # second-order probe: it would cost a validation's time.
+    "90-second class demo": dict(algorithm="maml", channels=32, blocks=4, queries=3, meta_batch=16, outer_lr=0.01,
+                                 learned_inner_lr=True, cosine_annealing=True, iterations=700, val_every=50,
+                                 val_tasks=200, test_inner_steps=1, probe_every=0, checkpoint_every=100,
+                                 test_tasks=100),
+    # The same with 48 channels, 5 queries, 3 test-time steps and 1300 meta-updates (0.24 s each, load average 2.2
+    # to 3.2), validated on 64 tasks: 0.90 after 115 s, 0.92 after 149 s, 0.94 after 216 s, then flat to the end
+    # at 320 s; 95 % not reached: the checkpoint at the end scored 94.3 +- 0.4 % and 94.8 +- 0.4 % on two sets of
+    # 1000 validation tasks. 64 channels (0.92 after 5 min), 2 inner steps (0.90) and an outer learning rate of
+    # 0.005 (0.93) did worse.
     "5-minute class demo": dict(algorithm="maml", channels=48, blocks=4, meta_batch=16, outer_lr=0.01,
                                 learned_inner_lr=True, cosine_annealing=True, iterations=1300, val_every=50,
                                 val_tasks=200, probe_every=0, checkpoint_every=100, test_tasks=100),
@@ -36,12 +39,11 @@ PRESETS = {
 
 
 # What each preset costs, measured on the 2-core machine the app was written on, one torch thread as the app runs
-# a run (runs.start), other work on the machine: wall time from Start, loading included (issue 16). The class demos
-# with a load average of 2 to 3 (issue 15; scripts/time_to_accuracy.py), the others of 8 to 10 and over a few
-# meta-updates only.
+# a run (runs.start): wall time from Start, loading included (issue 16). The class demos with a load average of 1
+# to 3 (issue 15; scripts/time_to_accuracy.py), the others of 8 to 10 and over a few meta-updates only.
 ABOUT = {
-    "90-second class demo": "Measured: validation accuracy 85 % after 34 s, 89 % after 63 s, 90 % (within "
-                            "noise: 89.9 ± 0.5 % on 1,000 tasks) at the end, after 94 s.",
+    "90-second class demo": "Measured: validation accuracy 85 % after 33 s, 89 % after 62 s, 90 % at the end, "
+                            "after 86 s (90.2 ± 0.4 % on 2,000 tasks).",
     "5-minute class demo": "Measured: validation accuracy 90 % after 1.9 min, 94 % after 3.6 min, then flat: "
                            "94.3 ± 0.4 % on 1,000 tasks at the end, after 5.3 min (95 % not reached).",
     "MAML paper 5-way 1-shot": "Measured: about 1.0 s a meta-update here, so 60,000 take about 17 hours (not run "
