@@ -62,8 +62,8 @@ FORM_ATTEMPTS, FILL_TIMEOUT_MS = 5, 10_000  # a starter opens the Train page's f
 # TINY_FORM does (every 3 iterations: a run of thousands would send thousands of points to each Train page every
 # second).
 RUN_SIZES = ("channels", "conv blocks", "tasks per meta-update")
-# Start's answers that are no error: the run started, or it waits for a free place, or the server is full.
-STARTED, QUEUED, REFUSED = "Started run", re.compile(r"\bqueued\b", re.IGNORECASE), "training (limit"
+# Start's answers that are no error: the run started, or it waits for a free place, or the queue is full.
+STARTED, QUEUED, REFUSED = "Started run", re.compile(r"\bqueued\b", re.IGNORECASE), "waiting to train already"
 ERROR_KINDS = ("error", "exception", "connection", "dialog")
 EXCEPTION = '[data-testid="stException"]'  # Streamlit's box for an exception that the page did not catch
 PREDICTION = re.compile(r"Prediction after adaptation: (.+) \(\d+%\)")
@@ -106,7 +106,7 @@ SHOWN_LOG = """if (window.top === window) {
 # queue too), while one shows; else null.
 START_ANSWER = """() => [...document.querySelectorAll('[data-testid="stAlertContainer"]')]
     .filter(e => !e.closest('[data-testid="stForm"]')).map(e => e.innerText)
-    .find(text => /Started run|training \\(limit|\\bqueued\\b/i.test(text)) ?? null"""
+    .find(text => /Started run|waiting to train already|\\bqueued\\b/i.test(text)) ?? null"""
 ERRORS_NOW = """() => [...document.querySelectorAll('[data-testid="stException"], [data-testid="stAlertContentError"]')]
     .map(e => e.innerText)"""
 # Start's answer, or else an error, or an exception; else null.
