@@ -21,7 +21,7 @@ FORM_GROUPS = {
     "Outer loop": ("outer_lr", "meta_batch", "iterations"),
 }
 ADVANCED = ("val_every", "val_tasks", "checkpoint_every", "test_tasks", "test_inner_steps", "probe_every", "engine",
-            "device")
+            "tasks_at_once", "device")
 MAML_PLUS_PLUS = ("multi_step_loss", "cosine_annealing", "second_order_from", "learned_inner_lr", "per_step_bn")
 FORM_FIELDS = [name for names in FORM_GROUPS.values() for name in names] + list(ADVANCED) + list(MAML_PLUS_PLUS)
 FLOAT_STEPS = {"inner_lr": 0.05, "outer_lr": 0.0005}

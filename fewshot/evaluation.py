@@ -8,7 +8,9 @@ import torch
 from . import maml
 from .tasks import TaskSampler
 
-TASKS_AT_ONCE = 100  # tasks adapted together: time against memory (limits.py estimates it)
+TASKS_AT_ONCE = 100  # tasks sampled together (which tasks an evaluation draws depends on it: keep it)
+CPU_GROUP = 16  # tasks adapted together on a CPU, whose caches then hold their layers' outputs: 2.7 times faster
+# than 200 at once for conv 64x4, 5w1s (16 and 8 alike; measured on this project's 2-core machine)
 TEST_SEED = 2_000_000_000  # test tasks are the same for every model, whatever its training seed
 
 
@@ -55,14 +57,22 @@ def adapted_task_metrics(model, sampler: TaskSampler, tasks: int, seed: int, inn
     parameter = next(model.parameters())
     for start in range(0, tasks, chunk):  # task k is task k - start of seed + start: see TaskSampler.sample
         batch = sampler.sample(min(chunk, tasks - start), seed=seed + start).to(parameter.dtype, parameter.device)
-        with torch.no_grad():  # no meta-gradient; torch.func still takes the inner gradients
-            task_loss, task_accuracy = maml.task_losses(model, batch, inner_lr, steps, first_order=True,
-                                                        transductive=transductive)
+        task_loss, task_accuracy = adapted_task_losses(model, batch, inner_lr, steps, transductive)
         losses.append(task_loss.cpu())
         accuracies.append(task_accuracy.cpu())
         if on_progress:
             on_progress(min(start + chunk, tasks), tasks)
     return torch.cat(losses), torch.cat(accuracies)
+
+
+def adapted_task_losses(model, batch, inner_lr, steps: int, transductive: bool = False):
+    """maml.task_losses without a meta-gradient (validation, tests), CPU_GROUP tasks at a time on a CPU, all at
+    once elsewhere."""
+    size = CPU_GROUP if batch.support_x.device.type == "cpu" else len(batch)
+    with torch.no_grad():  # no meta-gradient; torch.func still takes the inner gradients
+        results = [maml.task_losses(model, group, inner_lr, steps, first_order=True, transductive=transductive)
+                   for group in batch.groups(size)]
+    return torch.cat([losses for losses, _ in results]), torch.cat([accuracies for _, accuracies in results])
 
 
 def evaluate(model, sampler: TaskSampler, inner_lr, steps: int, tasks: int = 600,

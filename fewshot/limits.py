@@ -9,8 +9,9 @@ FEWSHOT_MAX_CHANNELS=512, FEWSHOT_MAX_MEMORY_GB=16, FEWSHOT_MAX_RUNS=4, ...
 import os
 
 from .config import DRAWINGS_PER_CHARACTER, Config
-from .evaluation import TASKS_AT_ONCE
+from .evaluation import CPU_GROUP
 from .models import FCNet
+from .training import CPU_TASKS_AT_ONCE
 
 MAXIMA = {  # the largest value of each Config field that the app accepts; FEWSHOT_MAX_<FIELD> overrides it
     "channels": 256,  # 4 times the paper's 64; a model of 256 x 6 blocks is a 12 MB checkpoint
@@ -22,7 +23,7 @@ MAXIMA = {  # the largest value of each Config field that the app accepts; FEWSH
     "iterations": 100_000,  # the paper's 60,000 and more; each adds a line to metrics.jsonl, which the pages read
     "inner_steps": 10,  # the paper trains with 1 to 5; a meta-update's time and memory grow with each step
     "test_inner_steps": 50,  # the paper tests with 3 to 10; only time grows: no meta-gradient is kept
-    "val_tasks": 500,  # validation adapts them all at once: the memory estimate below bounds them with the sizes
+    "val_tasks": 500,  # only time grows: validation adapts them a group at a time (evaluation.CPU_GROUP)
     "test_tasks": 2000,  # the paper's 600 and more; only time grows: they are adapted 100 at a time
 }
 MAX_MEMORY_GB = 8  # per run. The original notebook's sizes (conv 128x3, 5-way 5-shot, meta-batch 32) measured
@@ -68,10 +69,12 @@ def _cores() -> int:
 
 
 def memory_gb(config: Config) -> float:
-    """The estimated peak memory, in GB, of what a run computes, beyond its libraries and data: a meta-update of
-    meta_batch tasks, or a validation of val_tasks tasks, or a test of 100 tasks at a time, whichever is most."""
-    meta_update = config.meta_batch * task_bytes(config, config.inner_steps)
-    evaluation_tasks = max(config.val_tasks, min(config.test_tasks, TASKS_AT_ONCE))
+    """The estimated peak memory, in GB, of what a run computes on a CPU, beyond its libraries and data: a
+    meta-update's group of tasks adapted at once (training.tasks_at_once), or a validation's or test's
+    (evaluation.CPU_GROUP), whichever is most."""
+    group = min(config.meta_batch, config.tasks_at_once or CPU_TASKS_AT_ONCE)
+    meta_update = group * task_bytes(config, config.inner_steps)
+    evaluation_tasks = min(max(config.val_tasks, config.test_tasks), CPU_GROUP)
     evaluation = evaluation_tasks * EVALUATION_SHARE * task_bytes(config, 1)
     return (BASE_BYTES + max(meta_update, evaluation)) / 1e9
 
@@ -100,7 +103,7 @@ def check(config: Config) -> list:
     if memory_gb(config) > max_memory_gb():
         problems.append(f"this run would need about {memory_gb(config):.1f} GB of memory, over the "
                         f"{max_memory_gb():g} GB a run may use here (FEWSHOT_MAX_MEMORY_GB): lower channels, "
-                        "ways, shots, queries, meta_batch, inner_steps, val_tasks or test_tasks")
+                        "ways, shots, queries, inner_steps or tasks_at_once")
     return problems
 
 

@@ -142,13 +142,18 @@ def task_losses(model, batch: TaskBatch, inner_lr, steps: int, first_order: bool
     return per_task(params, batch.support_x, batch.support_y, batch.query_x, batch.query_y, inner_lr)
 
 
-def meta_backward(model, batch: TaskBatch, inner_lr, steps: int, first_order: bool, step_weights=None):
+def meta_backward(model, batch: TaskBatch, inner_lr, steps: int, first_order: bool, step_weights=None,
+                  tasks_at_once: int = 0):
     """Accumulates the meta-gradient, Eq. 2's grad_theta (averaged over tasks), into the parameters' .grad, and
     into the .grad of MAML++'s learned inner learning rates when `inner_lr` holds them.
 
+    The tasks are adapted `tasks_at_once` at a time (0: all at once), each group's part of the sum added to .grad
+    before the next group is adapted: only one group's graph is held, and the gradient is the same.
     Returns the mean query loss and accuracy after adaptation, as floats.
     """
-    losses, accuracies = task_losses(model, batch, inner_lr, steps, first_order, step_weights=step_weights)
-    meta_loss = losses.mean()
-    meta_loss.backward()
-    return meta_loss.item(), accuracies.mean().item()
+    loss_sum, accuracy_sum = 0.0, 0.0
+    for group in batch.groups(tasks_at_once or len(batch)):
+        losses, accuracies = task_losses(model, group, inner_lr, steps, first_order, step_weights=step_weights)
+        (losses.sum() / len(batch)).backward()
+        loss_sum, accuracy_sum = loss_sum + losses.sum().item(), accuracy_sum + accuracies.sum().item()
+    return loss_sum / len(batch), accuracy_sum / len(batch)

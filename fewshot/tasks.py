@@ -31,8 +31,16 @@ class TaskBatch:
 
     def task(self, i: int) -> "TaskBatch":
         """Task i alone, as a batch of one."""
-        return TaskBatch(self.support_x[i:i + 1], self.support_y[i:i + 1],
-                         self.query_x[i:i + 1], self.query_y[i:i + 1])
+        return self.tasks(i, i + 1)
+
+    def tasks(self, start: int, stop: int) -> "TaskBatch":
+        """Tasks start to stop - 1."""
+        return TaskBatch(self.support_x[start:stop], self.support_y[start:stop],
+                         self.query_x[start:stop], self.query_y[start:stop])
+
+    def groups(self, size: int) -> list["TaskBatch"]:
+        """The tasks in groups of `size` (the last one may be smaller), in order."""
+        return [self.tasks(start, start + size) for start in range(0, len(self), size)]
 
     def __len__(self) -> int:
         return len(self.support_x)

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from . import files, maml, metrics, probe
 from .checkpoints import (CheckpointError, checkpoint_metadata, load_checkpoint, load_training_state,
                           record_accuracy, save_checkpoint, save_training_state)
 from .config import Config, changes_refused_on_resume
-from .evaluation import evaluate
+from .evaluation import adapted_task_losses, evaluate
 from .models import build_model
 from .omniglot import load_omniglot, split_characters
 from .tasks import TaskSampler
@@ -43,15 +44,26 @@ CHECKPOINT, TRAINING_STATE, METRICS, CONFIG, EVALUATION, LOCK = (
     "train.lock")
 ENDED = "ended"  # written by `python -m fewshot train` as it exits, whatever the outcome: a run without it died
 COSINE_FLOOR = 0.01  # cosine annealing's last outer learning rate, over outer_lr: MAML++'s 1e-5 for its 1e-3
+CPU_TASKS_AT_ONCE = 8  # on a CPU, 8 tasks adapted at once were 1.0 to 2.2 times as fast as a meta-batch of 32 at
+# once, MAML and FOMAML, 5w1s to 20w1s, and 4 times leaner (scripts: `python -m fewshot bench`)
 STOP_GRACE = 3.0  # seconds a stop waits for the current iteration before it saves the last one and exits
 
 
-def meta_backward_of(engine: str):
-    """The function that computes the meta-gradient: this library's, or the notebook's learn2learn loop."""
+def meta_backward_of(engine: str, tasks_at_once: int = 0):
+    """The function that computes the meta-gradient: this library's, adapting `tasks_at_once` tasks at a time
+    (0: all), or the notebook's learn2learn loop."""
     if engine == "learn2learn":
         from . import notebook_loop  # imports learn2learn, and with it gym, only when asked for
         return notebook_loop.meta_backward
-    return maml.meta_backward
+    return partial(maml.meta_backward, tasks_at_once=tasks_at_once)
+
+
+def tasks_at_once(config: Config, device: torch.device) -> int:
+    """How many tasks this library's engine adapts at once: config.tasks_at_once, or where it is 0 (automatic)
+    CPU_TASKS_AT_ONCE on a CPU and the whole meta-batch on a GPU, which is fastest with the most work at once."""
+    if config.tasks_at_once:
+        return config.tasks_at_once
+    return CPU_TASKS_AT_ONCE if device.type == "cpu" else config.meta_batch
 
 
 def task_seed(seed: int, iteration: int) -> int:
@@ -136,7 +148,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop, should_stop, on_re
     if start == 0 and config.init_from:
         warm_start(model, config.init_from)
     val_batch = samplers["val"].sample(config.val_tasks, seed=task_seed(config.seed, 0)).to(device=device)
-    meta_backward = meta_backward_of(config.engine)
+    meta_backward = meta_backward_of(config.engine, tasks_at_once(config, device))
     saver = stop.saves_with(_Saver(run_dir, model, optimizer, config, start, inner_lrs))
     baseline_mb = reset_peak_memory()  # the process before its first meta-update: data, model, libraries
 
@@ -236,8 +248,7 @@ def measure_probe(model, batch, config: Config, inner_lr) -> dict:
 
 def validate(model, val_batch, config: Config, inner_lr) -> dict:
     """Mean query loss and accuracy on the fixed held-out tasks, adapted as in training."""
-    with torch.no_grad():
-        losses, accuracies = maml.task_losses(model, val_batch, inner_lr, config.inner_steps, True)
+    losses, accuracies = adapted_task_losses(model, val_batch, inner_lr, config.inner_steps)
     return {"val_loss": losses.mean().item(), "val_accuracy": accuracies.mean().item()}
 
 

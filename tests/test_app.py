@@ -236,7 +236,7 @@ def test_the_form_caps_every_size_at_the_servers_limits(monkeypatch):
 
 def test_sizes_that_together_need_too_much_memory_are_refused_and_nothing_starts(data_root):
     app = open_page("pages/train.py")
-    fill_form(app, ways=50, shots=10, queries=10, meta_batch=128)  # each within its maximum
+    fill_form(app, channels=128, ways=50, shots=10, queries=10)  # each within its maximum
     app.button(key="FormSubmitter:train_form-Start").click().run()
     assert not app.exception
     [error] = app.error

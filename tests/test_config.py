@@ -107,7 +107,7 @@ def test_resume_refuses_the_model_shape_and_the_tasks_but_nothing_else():
     allowed = dict(algorithm="fomaml", queries=10, augment="affine", data_root="y", inner_steps=2, inner_lr=0.1,
                    outer_lr=0.0005, meta_batch=16, iterations=5000, engine="learn2learn", device="cpu", seed=1,
                    init_from="m.safetensors", val_every=50, val_tasks=32, checkpoint_every=10, test_tasks=0,
-                   test_inner_steps=5, probe_every=5, cosine_annealing=True, second_order_from=10)
+                   test_inner_steps=5, probe_every=5, cosine_annealing=True, second_order_from=10, tasks_at_once=4)
     with_engine_fewshot = dict(multi_step_loss=100)
     assert set(allowed) | set(with_engine_fewshot) | set(other) == {f.name for f in dataclasses.fields(Config)}
     assert changes_refused_on_resume(saved, dataclasses.replace(saved, **allowed)) == []

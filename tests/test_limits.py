@@ -63,13 +63,21 @@ def test_sizes_each_within_its_maximum_can_still_ask_too_much_memory_together():
     assert limits.memory_gb(config) > 8 > limits.memory_gb(Config(**NOTEBOOK))
 
 
-def test_memory_estimate_grows_with_every_size_and_is_that_of_the_largest_phase():
+def test_memory_estimate_grows_with_every_size_of_what_is_adapted_at_once():
     meta_update = Config(val_tasks=1, test_tasks=0)  # no evaluation to speak of
     for change in (dict(channels=128), dict(blocks=6), dict(ways=10), dict(shots=2), dict(queries=10),
-                   dict(meta_batch=64), dict(inner_steps=2), dict(val_tasks=500), dict(test_tasks=100)):
+                   dict(inner_steps=2), dict(tasks_at_once=16), dict(val_tasks=32), dict(test_tasks=100)):
         assert limits.memory_gb(dataclasses.replace(meta_update, **change)) > limits.memory_gb(meta_update), change
-    testing = [limits.memory_gb(dataclasses.replace(meta_update, test_tasks=tasks)) for tasks in (100, 600)]
-    assert testing[0] == testing[1]  # tested 100 tasks at a time
+
+
+def test_memory_estimate_is_that_of_one_group_of_tasks_adapted_at_once():
+    """Meta-updates, validations and tests adapt a group of tasks at a time: more tasks cost time, not memory."""
+    config = Config(val_tasks=1, test_tasks=0)
+    for name, few, many in (("meta_batch", 32, 128), ("val_tasks", 32, 500), ("test_tasks", 32, 2000)):
+        assert limits.memory_gb(dataclasses.replace(config, **{name: few})) == limits.memory_gb(
+            dataclasses.replace(config, **{name: many})), name
+    assert limits.memory_gb(dataclasses.replace(config, tasks_at_once=64)) == limits.memory_gb(
+        dataclasses.replace(config, tasks_at_once=32))  # no more than the meta-batch's 32
 
 
 def test_the_instructor_changes_the_limits_with_environment_variables(monkeypatch):

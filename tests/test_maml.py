@@ -155,3 +155,24 @@ def test_steps_beyond_the_learned_ones_take_the_last_steps_rates():
     with_two, with_four = (maml.adapt(model, params, support_x, support_y, rates, 4, first_order=True)
                            for rates in (two, four))
     assert all(torch.equal(with_two[name], with_four[name]) for name in params)
+
+
+@pytest.mark.parametrize("first_order", [False, True], ids=["maml", "fomaml"])
+def test_tasks_adapted_a_group_at_a_time_give_the_same_loss_accuracy_and_meta_gradient(first_order):
+    """Groups of 1 and of 3 of 4 tasks (the last group smaller), two inner steps, learned inner rates: the
+    meta-gradient of the weights and of the rates, the loss and the accuracy are those of all tasks at once."""
+    model, batch = float64_task()
+    rates = maml.learned_inner_lrs(model, 0.4, 2)
+    tensors = [*model.parameters(), *rates.values()]
+    results = {}
+    for tasks_at_once in (0, 1, 3):
+        for tensor in tensors:
+            tensor.grad = None
+        loss, accuracy = maml.meta_backward(model, batch, rates, 2, first_order, tasks_at_once=tasks_at_once)
+        results[tasks_at_once] = loss, accuracy, torch.cat([tensor.grad.flatten() for tensor in tensors])
+    loss, accuracy, gradient = results[0]
+    assert gradient.abs().max() > 0
+    for tasks_at_once in (1, 3):
+        grouped_loss, grouped_accuracy, grouped_gradient = results[tasks_at_once]
+        assert grouped_loss == pytest.approx(loss, rel=1e-12) and grouped_accuracy == pytest.approx(accuracy)
+        assert (grouped_gradient - gradient).abs().max() / gradient.abs().max() < TOLERANCE

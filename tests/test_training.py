@@ -135,6 +135,25 @@ def test_a_cpu_run_resumed_on_the_gpu_continues_its_curve(tiny_config, tmp_path)
     assert metadata["iterations"] == 6
 
 
+def test_tasks_at_once_is_the_configured_number_else_eight_on_a_cpu_and_the_meta_batch_on_a_gpu():
+    config = Config(meta_batch=32)
+    assert training.tasks_at_once(config, torch.device("cpu")) == training.CPU_TASKS_AT_ONCE == 8
+    assert training.tasks_at_once(config, torch.device("cuda")) == 32
+    assert training.tasks_at_once(dataclasses.replace(config, tasks_at_once=4), torch.device("cuda")) == 4
+
+
+def test_training_adapts_the_meta_batch_and_the_validation_tasks_a_group_at_a_time(tiny_config, tmp_path,
+                                                                                 monkeypatch):
+    adapted = []  # the number of tasks of each call of the engine, and whether it kept a graph for a meta-gradient
+    task_losses = maml.task_losses
+    monkeypatch.setattr(maml, "task_losses", lambda model, batch, *args, **kwargs: (
+        adapted.append((len(batch), torch.is_grad_enabled())), task_losses(model, batch, *args, **kwargs))[1])
+    config = dataclasses.replace(tiny_config, meta_batch=5, tasks_at_once=2, iterations=1, val_every=1,
+                                 val_tasks=20, test_tasks=0)
+    train(config, tmp_path, progress=False)
+    assert adapted == [(2, True), (2, True), (1, True), (16, False), (4, False)]
+
+
 def test_learn2learn_engine_gives_the_same_curve(tiny_config, tmp_path):
     ours = train(tiny_config, tmp_path / "fewshot", progress=False)
     notebook = train(dataclasses.replace(tiny_config, engine="learn2learn"), tmp_path / "l2l", progress=False)
