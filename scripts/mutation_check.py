@@ -199,6 +199,15 @@ BREAKS = [
     Break("per-step batch norm uses the first step's row at every step", "fewshot/models.py",
           "weight[min(step, self.steps - 1)], bias[min(step, self.steps - 1)]", "weight[0], bias[0]",
           ("tests/test_per_step_bn.py",)),
+    # Tasks adapted a group at a time (tests/test_maml.py, tests/test_training.py)
+    Break("each group's meta-gradient is its mean, not its share of the meta-batch's", "fewshot/maml.py",
+          "(losses.sum() / len(batch)).backward()", "losses.mean().backward()", ("tests/test_maml.py",)),
+    Break("training adapts the whole meta-batch at once", "fewshot/training.py",
+          "meta_backward_of(config.engine, tasks_at_once(config, device))", "meta_backward_of(config.engine)",
+          ("tests/test_training.py",)),
+    Break("validation adapts all its tasks at once on a CPU", "fewshot/evaluation.py",
+          'size = CPU_GROUP if batch.support_x.device.type == "cpu" else len(batch)', "size = len(batch)",
+          ("tests/test_training.py",)),
 ]
 
 
