@@ -8,11 +8,12 @@ PRESETS = {
     # rates (the largest gain: FOMAML reached 0.87 after 400 meta-updates with them, 0.83 without), and Adam's
     # 0.01 cosine-annealed to the run's end (a constant 0.005 or 0.01 stalled at 0.85 to 0.89); 3 queries per class
     # (0.12 s a meta-update against 0.15 with 5, for the same curve), and one test-time step (3 scored the same).
-    # Measured curve (200 validation tasks; wall seconds from Start): 0.80 at 24 s, 0.85 at 33 s, 0.89 at 62 s,
-    # 0.896 at 85.5 s, the end (700 meta-updates); the checkpoint there scored 90.23 +- 0.52 % and 90.20 +- 0.51 %
-    # on two sets of 1000 validation tasks. Tried and dropped: 16 channels (stalls at 0.83), 48 or 64 (better per
-    # meta-update, 1.5 to 2.5 times slower), meta-batches of 8 or 32, 1 query, 2 inner steps. No first- vs
-    # second-order probe: it would cost a validation's time.
+    # Measured curve (200 validation tasks; wall seconds from Start), 8 tasks adapted at once: 0.82 at 20 s, 0.85
+    # at 31 s, 0.90 at 66 s, 0.906 at 84 s, the end (700 meta-updates); the checkpoint there scored 90.56 +- 0.52 %
+    # and 90.83 +- 0.50 % on two sets of 1000 validation tasks (seeds 0 and 1). (All 16 at once, another day's
+    # machine: 0.896 at 85.5 s; 90.23 +- 0.52 % and 90.20 +- 0.51 %.) Tried and dropped: 16 channels (stalls at
+    # 0.83), 48 or 64 (better per meta-update, 1.5 to 2.5 times slower), meta-batches of 8 or 32, 1 query, 2 inner
+    # steps. No first- vs second-order probe: it would cost a validation's time.
     "90-second class demo": dict(algorithm="maml", channels=32, blocks=4, queries=3, meta_batch=16, outer_lr=0.01,
                                  learned_inner_lr=True, cosine_annealing=True, iterations=700, val_every=50,
                                  val_tasks=200, test_inner_steps=1, probe_every=0, checkpoint_every=100,
@@ -42,8 +43,8 @@ PRESETS = {
 # a run (runs.start): wall time from Start, loading included (issue 16). The class demos with a load average of 1
 # to 3 (issue 15; scripts/time_to_accuracy.py), the others of 8 to 10 and over a few meta-updates only.
 ABOUT = {
-    "90-second class demo": "Measured: validation accuracy 85 % after 33 s, 89 % after 62 s, 90 % at the end, "
-                            "after 86 s (90.2 ± 0.4 % on 2,000 tasks).",
+    "90-second class demo": "Measured: validation accuracy 85 % after 31 s, 90 % after 66 s, 90.6 % at the end, "
+                            "after 84 s (90.7 ± 0.4 % on 2,000 tasks).",
     "5-minute class demo": "Measured: validation accuracy 90 % after 1.9 min, 94 % after 3.6 min, then flat: "
                            "94.3 ± 0.4 % on 1,000 tasks at the end, after 5.3 min (95 % not reached).",
     "MAML paper 5-way 1-shot": "Measured: about 1.0 s a meta-update here, so 60,000 take about 17 hours (not run "
