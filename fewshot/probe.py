@@ -18,22 +18,27 @@ from . import maml
 from .tasks import TaskBatch
 
 
-def meta_gradient(model, batch: TaskBatch, inner_lr: float, steps: int, first_order: bool) -> dict:
-    """Eq. 2's grad_theta, averaged over tasks, as {parameter name: tensor}; the .grad of the weights is
-    left as it was."""
+def meta_gradient(model, batch: TaskBatch, inner_lr: float, steps: int, first_order: bool,
+                  tasks_at_once: int = 0) -> dict:
+    """Eq. 2's grad_theta, averaged over tasks, as {parameter name: tensor}, summed over groups of `tasks_at_once`
+    tasks (0: all at once) as maml.meta_backward sums it; the .grad of the weights is left as it was."""
     params = dict(model.named_parameters())
-    losses, _ = maml.task_losses(model, batch, inner_lr, steps, first_order)
-    return dict(zip(params, torch.autograd.grad(losses.mean(), list(params.values()))))
+    total = {name: torch.zeros_like(p) for name, p in params.items()}
+    for group in batch.groups(tasks_at_once or len(batch)):
+        losses, _ = maml.task_losses(model, group, inner_lr, steps, first_order)
+        for name, gradient in zip(params, torch.autograd.grad(losses.sum() / len(batch), list(params.values()))):
+            total[name] += gradient
+    return total
 
 
-def first_versus_second_order(model, batch: TaskBatch, inner_lr: float, steps: int) -> dict:
+def first_versus_second_order(model, batch: TaskBatch, inner_lr: float, steps: int, tasks_at_once: int = 0) -> dict:
     """Compares g1 with g2 on `batch`, right after maml.meta_backward(model, batch, ..., first_order=False).
 
     g2 is read from the weights' .grad, where that call left it: exactly the meta-gradient of the update to
-    come. g1 is computed here, on the same tasks; .grad is not touched.
+    come. g1 is computed here, on the same tasks, `tasks_at_once` at a time; .grad is not touched.
     """
     second = {name: p.grad for name, p in model.named_parameters()}
-    first = meta_gradient(model, batch, inner_lr, steps, first_order=True)
+    first = meta_gradient(model, batch, inner_lr, steps, True, tasks_at_once)
     return compare(first, second)
 
 

@@ -44,8 +44,9 @@ CHECKPOINT, TRAINING_STATE, METRICS, CONFIG, EVALUATION, LOCK = (
     "train.lock")
 ENDED = "ended"  # written by `python -m fewshot train` as it exits, whatever the outcome: a run without it died
 COSINE_FLOOR = 0.01  # cosine annealing's last outer learning rate, over outer_lr: MAML++'s 1e-5 for its 1e-3
-CPU_TASKS_AT_ONCE = 8  # on a CPU, 8 tasks adapted at once were 1.0 to 2.2 times as fast as a meta-batch of 32 at
-# once, MAML and FOMAML, 5w1s to 20w1s, and 4 times leaner (scripts: `python -m fewshot bench`)
+CPU_TASKS_AT_ONCE = 8  # on a CPU, 8 tasks at once took a quarter to a third of the memory of 32 at once, in 0.87
+# to 1.25 times the time in one `python -m fewshot bench`, and 1.0 to 2.2 times faster in another (on random
+# drawings): the machine's memory traffic, which 32 tasks' layer outputs depend on, varies from day to day
 STOP_GRACE = 3.0  # seconds a stop waits for the current iteration before it saves the last one and exits
 
 
@@ -242,7 +243,8 @@ def probes(config: Config, iteration: int) -> bool:
 def measure_probe(model, batch, config: Config, inner_lr) -> dict:
     """probe.first_versus_second_order, after MAML's meta_backward on `batch`, with the seconds it took."""
     tick = time.perf_counter()
-    measured = probe.first_versus_second_order(model, batch, inner_lr, config.inner_steps)
+    measured = probe.first_versus_second_order(model, batch, inner_lr, config.inner_steps,
+                                               tasks_at_once(config, batch.support_x.device))
     return {**measured, "seconds": round(time.perf_counter() - tick, 4)}
 
 

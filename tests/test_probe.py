@@ -46,7 +46,8 @@ def module_names(model, module) -> list:
 
 @pytest.mark.parametrize("backbone", ["conv", "fc"])
 @pytest.mark.parametrize("steps", [1, 2])
-def test_probe_equals_the_numbers_of_learn2learns_first_and_second_order_gradients(backbone, steps):
+@pytest.mark.parametrize("tasks_at_once", [0, 3], ids=["all-tasks-at-once", "3-tasks-at-once"])
+def test_probe_equals_the_numbers_of_learn2learns_first_and_second_order_gradients(backbone, steps, tasks_at_once):
     torch.manual_seed(0)
     model = build_model(backbone, 5, channels=8, blocks=3).double()
     batch = TaskSampler(torch.rand(30, 20, 28, 28), list(range(30)), 5, 2, 3).sample(4, seed=1).to(torch.float64)
@@ -54,9 +55,9 @@ def test_probe_equals_the_numbers_of_learn2learns_first_and_second_order_gradien
     g1 = learn2learn_gradient(model, batch, steps, first_order=True)
 
     model.zero_grad()
-    maml.meta_backward(model, batch, 0.4, steps, first_order=False)  # as training does, before the probe
+    maml.meta_backward(model, batch, 0.4, steps, False, tasks_at_once=tasks_at_once)  # as training does, before
     grad_before, rng_before = {name: p.grad.clone() for name, p in model.named_parameters()}, torch.get_rng_state()
-    measured = probe.first_versus_second_order(model, batch, 0.4, steps)
+    measured = probe.first_versus_second_order(model, batch, 0.4, steps, tasks_at_once)
     assert all(torch.equal(p.grad, grad_before[name]) for name, p in model.named_parameters())  # .grad untouched
     assert torch.equal(torch.get_rng_state(), rng_before)  # no random number drawn
 
