@@ -148,7 +148,7 @@ def test_the_probes_time_is_left_out_of_the_runs_seconds(data_root, tmp_path, mo
         now[0] += 0.001
         return now[0]
 
-    def slow_probe(model, batch, inner_lr, steps):
+    def slow_probe(model, batch, inner_lr, steps, tasks_at_once):
         now[0] += 1000
         return {"cosine": 1.0, "norm_ratio": 1.0, "dropped_norm": 0.0, "g2_norm": 1.0, "layers": {}}
 
