@@ -73,16 +73,18 @@ def memory_gb(config: Config) -> float:
     meta-update's group of tasks adapted at once (training.tasks_at_once), or a validation's or test's
     (evaluation.CPU_GROUP), whichever is most."""
     group = min(config.meta_batch, config.tasks_at_once or CPU_TASKS_AT_ONCE)
-    meta_update = group * task_bytes(config, config.inner_steps)
+    query_passes = config.inner_steps if config.multi_step_loss else 1  # MAML++'s loss: the queries after each step
+    meta_update = group * task_bytes(config, config.inner_steps, query_passes)
     evaluation_tasks = min(max(config.val_tasks, config.test_tasks), CPU_GROUP)
     evaluation = evaluation_tasks * EVALUATION_SHARE * task_bytes(config, 1)
     return (BASE_BYTES + max(meta_update, evaluation)) / 1e9
 
 
-def task_bytes(config: Config, steps: int) -> float:
+def task_bytes(config: Config, steps: int, query_passes: int = 1) -> float:
     """Memory of one task in a meta-update with `steps` inner steps: the layer outputs of every forward pass
-    (the support set at each step, then support and queries together), and a copy of the weights per step."""
-    images = config.ways * (config.shots * (steps + 1) + config.queries)
+    (the support set at each step, then support and queries together, `query_passes` times), and a copy of the
+    weights per step."""
+    images = config.ways * (config.shots * steps + (config.shots + config.queries) * query_passes)
     if config.backbone == "conv":
         side, pixels = 28, 0
         for _ in range(config.blocks):  # each block's stride-2 conv halves the side, rounding up

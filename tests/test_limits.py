@@ -68,6 +68,8 @@ def test_memory_estimate_grows_with_every_size_of_what_is_adapted_at_once():
     for change in (dict(channels=128), dict(blocks=6), dict(ways=10), dict(shots=2), dict(queries=10),
                    dict(inner_steps=2), dict(tasks_at_once=16), dict(val_tasks=32), dict(test_tasks=100)):
         assert limits.memory_gb(dataclasses.replace(meta_update, **change)) > limits.memory_gb(meta_update), change
+    three_steps = dataclasses.replace(meta_update, inner_steps=3)  # MAML++'s loss: a query pass after every step
+    assert limits.memory_gb(dataclasses.replace(three_steps, multi_step_loss=100)) > limits.memory_gb(three_steps)
 
 
 def test_memory_estimate_is_that_of_one_group_of_tasks_adapted_at_once():
