@@ -1,5 +1,7 @@
 """The fewshot app: `streamlit run app.py`."""
 
+import sys
+
 import streamlit as st
 
 from fewshot import runs
@@ -8,6 +10,11 @@ from fewshot.memory import keep_freed_memory
 import app_ui as ui
 
 keep_freed_memory()  # the Draw page's adaptation: 15-25 % faster (see fewshot/memory.py)
+# A session's torch work is hundreds of short calls, each releasing the interpreter lock; while other sessions' scripts
+# run, taking it back waited up to Python's default 5 ms switch interval. The Draw page's adaptation, 46 ms alone,
+# took 4.7 s beside one busy Python thread, and 0.15 s with 0.2 ms.
+SWITCH_INTERVAL_S = 0.0002
+sys.setswitchinterval(SWITCH_INTERVAL_S)
 st.set_page_config(page_title="fewshot: MAML on Omniglot", layout="wide",
                    page_icon=str(REPO_ROOT / "static" / "icon.png"))  # served by this server, not fetched online
 
