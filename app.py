@@ -12,7 +12,7 @@ import app_ui as ui
 keep_freed_memory()  # the Draw page's adaptation: 15-25 % faster (see fewshot/memory.py)
 # A session's torch work is hundreds of short calls, each releasing the interpreter lock; while other sessions' scripts
 # run, taking it back waited up to Python's default 5 ms switch interval. The Draw page's adaptation, 46 ms alone,
-# took 4.7 s beside one busy Python thread, and 0.15 s with 0.2 ms.
+# took 3.3 to 4.7 s beside one busy Python thread, and 0.15 s with 0.2 ms (scripts/bench_switch_interval.py).
 SWITCH_INTERVAL_S = 0.0002
 sys.setswitchinterval(SWITCH_INTERVAL_S)
 st.set_page_config(page_title="fewshot: MAML on Omniglot", layout="wide",
