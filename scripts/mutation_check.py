@@ -153,8 +153,8 @@ BREAKS = [
           (f"{SHIPPED_TESTS}::test_card_rows_and_their_protocols_gap_agree_with_their_first_tasks",)),
     # First against second order, and the Challenge page (tests/test_probe.py, test_challenge.py, test_scoreboard.py)
     Break("the probe's first-order gradient is second order", "fewshot/probe.py",
-          "meta_gradient(model, batch, inner_lr, steps, first_order=True)",
-          "meta_gradient(model, batch, inner_lr, steps, first_order=False)", ("tests/test_probe.py",)),
+          "meta_gradient(model, batch, inner_lr, steps, True, tasks_at_once)",
+          "meta_gradient(model, batch, inner_lr, steps, False, tasks_at_once)", ("tests/test_probe.py",)),
     Break("the probe's time counted in the run's seconds", "fewshot/training.py",
           "elapsed = time.perf_counter() - tick - probe_seconds", "elapsed = time.perf_counter() - tick",
           ("tests/test_probe.py",)),
