@@ -126,7 +126,8 @@ def bench(base: Config, repeats: int = 5) -> list:
                      "memory_mb": memory})
         print(f"{algorithm:<9} {f'{ways}w{shots}s':<5} {steps:>5} {seconds['notebook']:>14.3f} "
               f"{seconds['all at once']:>17.3f} {seconds['fewshot']:>13.3f} "
-              f"{seconds['notebook'] / seconds['fewshot']:>8.2f}x {seconds['all at once'] / seconds['fewshot']:>14.2f}x "
+              f"{seconds['notebook'] / seconds['fewshot']:>8.2f}x "
+              f"{seconds['all at once'] / seconds['fewshot']:>14.2f}x "
               f"{gflops:>8.1f} {megabytes(memory['notebook']):>12} {megabytes(memory['all at once']):>15} "
               f"{megabytes(memory['fewshot']):>11} {memory_ratio(memory):>13}", flush=True)
     print(f"a {MATMUL_SIZE}x{MATMUL_SIZE} float32 matrix product: {matmul_gflops():.1f} GFLOP/s")

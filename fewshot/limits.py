@@ -8,10 +8,12 @@ FEWSHOT_MAX_CHANNELS=512, FEWSHOT_MAX_MEMORY_GB=16, FEWSHOT_MAX_RUNS=4, ...
 
 import os
 
+import torch
+
 from .config import DRAWINGS_PER_CHARACTER, Config
 from .evaluation import CPU_GROUP
 from .models import FCNet
-from .training import CPU_TASKS_AT_ONCE
+from .training import tasks_at_once
 
 MAXIMA = {  # the largest value of each Config field that the app accepts; FEWSHOT_MAX_<FIELD> overrides it
     "channels": 256,  # 4 times the paper's 64; a model of 256 x 6 blocks is a 12 MB checkpoint
@@ -72,7 +74,7 @@ def memory_gb(config: Config) -> float:
     """The estimated peak memory, in GB, of what a run computes on a CPU, beyond its libraries and data: a
     meta-update's group of tasks adapted at once (training.tasks_at_once), or a validation's or test's
     (evaluation.CPU_GROUP), whichever is most."""
-    group = min(config.meta_batch, config.tasks_at_once or CPU_TASKS_AT_ONCE)
+    group = min(config.meta_batch, tasks_at_once(config, torch.device("cpu")))
     query_passes = config.inner_steps if config.multi_step_loss else 1  # MAML++'s loss: the queries after each step
     meta_update = group * task_bytes(config, config.inner_steps, query_passes)
     evaluation_tasks = min(max(config.val_tasks, config.test_tasks), CPU_GROUP)

@@ -1,5 +1,6 @@
 """Measures what fewshot/limits.py's memory_gb estimates: the peak resident memory of two meta-updates
-(fewshot.maml.meta_backward, a group of tasks at a time, as training on a CPU), or of a validation, on random tasks, each size in a fresh process, one thread.
+(fewshot.maml.meta_backward, a group of tasks at a time, as training on a CPU), or of a validation, on random
+tasks, each size in a fresh process, one thread.
 
     python3 scripts/calibrate_memory.py        # about 5 minutes on 2 cores; prints measured and estimated GB
 """
@@ -15,9 +16,10 @@ from fewshot.config import Config  # noqa: E402
 from fewshot.limits import memory_gb  # noqa: E402
 
 # Changes from Config's sizes. With val_tasks, a validation of that many tasks; else a meta-update.
-SIZES = [dict(), dict(algorithm="fomaml"), dict(meta_batch=1, channels=8), dict(meta_batch=8), dict(tasks_at_once=32), dict(tasks_at_once=64, meta_batch=64),
-         dict(channels=32), dict(channels=128), dict(channels=256), dict(shots=5), dict(queries=15),
-         dict(inner_steps=3), dict(inner_steps=5), dict(inner_steps=5, multi_step_loss=1000), dict(blocks=2), dict(blocks=6), dict(ways=20, meta_batch=16),
+SIZES = [dict(), dict(algorithm="fomaml"), dict(meta_batch=1, channels=8), dict(meta_batch=8), dict(tasks_at_once=32),
+         dict(tasks_at_once=64, meta_batch=64), dict(channels=32), dict(channels=128), dict(channels=256),
+         dict(shots=5), dict(queries=15), dict(inner_steps=3), dict(inner_steps=5),
+         dict(inner_steps=5, multi_step_loss=1000), dict(blocks=2), dict(blocks=6), dict(ways=20, meta_batch=16),
          dict(ways=20, shots=5, queries=15, meta_batch=4), dict(backbone="fc"),
          dict(backbone="fc", ways=20, shots=5, queries=15), dict(channels=256, blocks=6, meta_batch=8),
          dict(channels=256, blocks=6, meta_batch=8, inner_steps=3), dict(channels=512, meta_batch=4),
@@ -33,7 +35,7 @@ from fewshot.evaluation import adapted_task_losses
 from fewshot.memory import keep_freed_memory
 from fewshot.models import build_model
 from fewshot.tasks import TaskBatch
-from fewshot.training import CPU_TASKS_AT_ONCE, multi_step_weights
+from fewshot.training import multi_step_weights, tasks_at_once
 
 keep_freed_memory()  # as training does
 config, validation = Config(**json.loads(sys.argv[1])), sys.argv[2] == "validation"
@@ -57,7 +59,7 @@ for _ in range(2):
         adapted_task_losses(model, batch, config.inner_lr, config.inner_steps)
     else:  # as training meta-trains on a CPU, a group of tasks at a time
         maml.meta_backward(model, batch, config.inner_lr, config.inner_steps, config.first_order,
-                           multi_step_weights(config, 1), config.tasks_at_once or CPU_TASKS_AT_ONCE)
+                           multi_step_weights(config, 1), tasks_at_once(config, torch.device("cpu")))
 print((kilobytes("VmHWM") - before) * 1024 / 1e9)
 """
 
