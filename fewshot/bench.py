@@ -135,7 +135,8 @@ def bench(base: Config, repeats: int = 5) -> list:
 
 
 def megabytes(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0f}"
+    """To a tenth of a MB: a tiny model's notebook loop can peak at a quarter of one."""
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 def memory_ratio(memory: dict) -> str:

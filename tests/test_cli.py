@@ -154,8 +154,9 @@ def test_bench_times_the_notebook_loop_and_the_engine_all_at_once_and_by_groups_
                 (slower + 5e-4) / (ours - 5e-4) + 5e-3), row
         assert float(row[8]) > 0  # GFLOP/s
         notebook_mb, all_at_once_mb, ours_mb, ratio = map(float, row[9:12] + [row[12].rstrip("x")])
-        assert notebook_mb > 0 and all_at_once_mb > 0 and ours_mb > 0  # peak memory, rounded to MB
-        assert (ours_mb - 0.5) / (notebook_mb + 0.5) - 5e-3 <= ratio <= (ours_mb + 0.5) / (notebook_mb - 0.5) + 5e-3
+        assert notebook_mb > 0 and all_at_once_mb > 0 and ours_mb > 0  # peak memory, to a tenth of a MB
+        low, high = (ours_mb - 0.05) / max(notebook_mb + 0.05, 1), (ours_mb + 0.05) / max(notebook_mb - 0.05, 1)
+        assert low - 5e-3 <= ratio <= high + 5e-3, row  # over the notebook's MB, at least 1 (bench.memory_ratio)
     assert re.search(r"matrix product: [\d.]+ GFLOP/s", output)
 
 
