@@ -471,10 +471,14 @@ def process_table() -> dict:
 
 
 def trainer_pids(runs_folder: Path, processes: dict | None = None) -> set:
-    """The `python -m fewshot train` processes of runs under `runs_folder`."""
+    """The `python -m fewshot train` processes of runs under `runs_folder`, not their children: a child that a
+    trainer forks shows the trainer's command line until it execs (importing torch runs ldconfig so, through
+    ctypes' find_library, and one CI run counted that child as a third trainer beside two)."""
     folder = str(runs_folder.resolve()).encode()
-    return {pid for pid, (_, command) in (processes or process_table()).items()
-            if b"fewshot" in command and b"\0train\0" in command and folder in command}
+    processes = processes or process_table()
+    with_command = {pid for pid, (_, command) in processes.items()
+                    if b"fewshot" in command and b"\0train\0" in command and folder in command}
+    return {pid for pid in with_command if processes[pid][0] not in with_command}
 
 
 def descendants(pid: int, processes: dict) -> set:

@@ -6,6 +6,7 @@ adaptation seen and right, trainers never above the limit, every run stopped at 
 asserted: `pytest -s` prints the load test's table.
 """
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -15,8 +16,6 @@ import pytest
 from browser import CHROMIUM, REPO
 from fewshot import runs
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
-
 SESSIONS, DRAWERS, SECONDS = 8, 5, 60
 ACTION_TIMEOUT = 120  # generous, as the other browser tests': an answer must come, however busy the machine
 # The script bounds itself: the server's start (60 s), the sessions and their last actions (--seconds, twice the
@@ -24,6 +23,8 @@ ACTION_TIMEOUT = 120  # generous, as the other browser tests': an answer must co
 BOUND = 60 + SECONDS + 2 * ACTION_TIMEOUT + 60 + 60 + 60
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_a_small_class_gets_every_answer_and_no_error(tmp_path, data_root):
     if not CHROMIUM:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
@@ -48,3 +49,23 @@ def test_a_small_class_gets_every_answer_and_no_error(tmp_path, data_root):
     assert report["trainers_left_after_stop"] == 0
     assert not [run.name for run in runs.list_runs(folder / "runs") if run.is_running() or run.is_queued()]
     assert completed.returncode == 0, report["problems"]
+
+
+def test_a_trainers_forked_child_is_not_counted_as_a_trainer(tmp_path):
+    """Until it execs, a child that a trainer forks shows the trainer's command line (importing torch forks
+    ldconfig): it must not count as a trainer of its own, nor may a run of another folder."""
+    load_test = load_script("load_test")
+    folder = tmp_path / "runs"
+
+    def command(root, name):
+        return b"\0".join([sys.executable.encode(), b"-m", b"fewshot", b"train", b"--run-dir", str(root / name).encode(), b""])
+    processes = {10: (1, command(folder, "a")), 11: (10, command(folder, "a")), 12: (1, command(folder, "b")),
+                 13: (1, command(tmp_path / "elsewhere", "c")), 14: (10, b"/sbin/ldconfig\0-p\0")}
+    assert load_test.trainer_pids(folder, processes) == {10, 12}
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
