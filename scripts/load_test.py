@@ -473,12 +473,23 @@ def process_table() -> dict:
 def trainer_pids(runs_folder: Path, processes: dict | None = None) -> set:
     """The `python -m fewshot train` processes of runs under `runs_folder`, not their children: a child that a
     trainer forks shows the trainer's command line until it execs (importing torch runs ldconfig so, through
-    ctypes' find_library, and one CI run counted that child as a third trainer beside two)."""
+    ctypes' find_library, and one CI run counted that child as a third trainer beside two). Nor one that ended
+    while the table was read, which a queued run may have replaced by the end of the reading: the trainers
+    returned were all running at once, when the reading ended."""
     folder = str(runs_folder.resolve()).encode()
-    processes = processes or process_table()
+    if processes is None:
+        processes = process_table()
     with_command = {pid for pid, (_, command) in processes.items()
                     if b"fewshot" in command and b"\0train\0" in command and folder in command}
-    return {pid for pid in with_command if processes[pid][0] not in with_command}
+    return {pid for pid in with_command if processes[pid][0] not in with_command and still_running(pid)}
+
+
+def still_running(pid: int) -> bool:
+    """Whether `pid` is a process that has not ended (a zombie's command line reads empty)."""
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return False
 
 
 def descendants(pid: int, processes: dict) -> set:

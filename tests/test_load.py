@@ -51,17 +51,28 @@ def test_a_small_class_gets_every_answer_and_no_error(tmp_path, data_root):
     assert completed.returncode == 0, report["problems"]
 
 
-def test_a_trainers_forked_child_is_not_counted_as_a_trainer(tmp_path):
+def test_the_trainers_counted_are_those_running_not_their_forked_children_nor_an_ended_one(tmp_path):
     """Until it execs, a child that a trainer forks shows the trainer's command line (importing torch forks
-    ldconfig): it must not count as a trainer of its own, nor may a run of another folder."""
+    ldconfig): it must not count as a trainer of its own; nor may a run of another folder, nor a trainer that
+    ended while the process table was read."""
     load_test = load_script("load_test")
     folder = tmp_path / "runs"
 
     def command(root, name):
         return b"\0".join([sys.executable.encode(), b"-m", b"fewshot", b"train", b"--run-dir", str(root / name).encode(), b""])
-    processes = {10: (1, command(folder, "a")), 11: (10, command(folder, "a")), 12: (1, command(folder, "b")),
-                 13: (1, command(tmp_path / "elsewhere", "c")), 14: (10, b"/sbin/ldconfig\0-p\0")}
-    assert load_test.trainer_pids(folder, processes) == {10, 12}
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    sleeping = [subprocess.Popen(["sleep", "60"]) for _ in range(4)]
+    try:
+        a, child, b, elsewhere = (process.pid for process in sleeping)
+        processes = {a: (1, command(folder, "a")), child: (a, command(folder, "a")), b: (1, command(folder, "b")),
+                     elsewhere: (1, command(tmp_path / "elsewhere", "c")), ended.pid: (1, command(folder, "d"))}
+        assert load_test.trainer_pids(folder, processes) == {a, b}
+    finally:
+        for process in sleeping:
+            process.kill()
+            process.wait()
 
 
 def load_script(name: str):
