@@ -427,12 +427,13 @@ class Sampler(threading.Thread):
     """Every SAMPLE_EVERY seconds: the training processes of `runs_folder` (their command lines name it), the
     resident memory (RSS) of the server and of those trainers, the proportional memory (PSS: shared pages
     divided among their users) of this script's other processes, the browser's dozens and Playwright's driver,
-    and the machine's available memory."""
+    and the machine's available memory; and the CPU seconds each of these groups used (`cpu`: pid -> group,
+    CPU seconds when first seen, or 0 for a process that began after the first sample, and when last seen)."""
 
     def __init__(self, server_pid: int, runs_folder: Path, clock: float):
         super().__init__(daemon=True)
         self.server_pid, self.runs_folder, self.clock = server_pid, runs_folder, clock
-        self.samples, self.run_seen, self.halt = [], {}, threading.Event()
+        self.samples, self.run_seen, self.cpu, self.halt = [], {}, {}, threading.Event()
 
     def run(self) -> None:
         due = time.monotonic()
@@ -448,6 +449,12 @@ class Sampler(threading.Thread):
             first, _ = self.run_seen.get(pid, (now, now))  # seconds since `clock`, rounded
             self.run_seen[pid] = (first, now)
         ours = descendants(os.getpid(), processes) - descendants(self.server_pid, processes)
+        groups = {"server": {self.server_pid}, "trainers": trainers, "browser": ours - {os.getpid()},
+                  "this script": {os.getpid()}}
+        for group, pids in groups.items():
+            for pid, seconds in cpu_seconds(pids).items():
+                _, first, _ = self.cpu.get(pid, (group, seconds if not self.samples else 0.0, None))
+                self.cpu[pid] = (group, first, seconds)
         return {"t": now, "trainers": len(trainers), "server_mb": rss_mb([self.server_pid]),
                 "trainers_mb": rss_mb(trainers), "browser_mb": pss_mb(ours - {os.getpid()}),
                 "available_mb": available_mb()}
@@ -490,6 +497,18 @@ def still_running(pid: int) -> bool:
         return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
     except OSError:
         return False
+
+
+def cpu_seconds(pids) -> dict:
+    """pid -> the CPU seconds (user and system) it has used, for those of `pids` still running."""
+    found = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        except (OSError, IndexError, ValueError):  # ended meanwhile
+            pass
+    return found
 
 
 def descendants(pid: int, processes: dict) -> set:
@@ -614,6 +633,7 @@ def summary(sessions: list, sampler: Sampler, limit: int, left: int, args, wall:
         "trainers": {"max": most, "limit": limit, "runs": len(sampler.run_seen),
                      "run_seconds": figures([round(last - first, 1) for first, last in sampler.run_seen.values()])},
         "memory_mb": memory_figures(samples),
+        "cpu_seconds": cpu_figures(sampler.cpu),
         "trainers_left_after_stop": left,
         "sample_period_s": round((samples[-1]["t"] - samples[0]["t"]) / max(1, len(samples) - 1), 2) if samples
         else None,
@@ -622,6 +642,15 @@ def summary(sessions: list, sampler: Sampler, limit: int, left: int, args, wall:
     }
     report["problems"] = problems(report)
     return report
+
+
+def cpu_figures(cpu: dict) -> dict:
+    """The CPU seconds each group of processes used while sampled: on one machine, a class's browsers take
+    cores that a real class's laptops would bring, and this says how many."""
+    used = dict.fromkeys(("server", "trainers", "browser", "this script"), 0.0)
+    for group, first, last in cpu.values():
+        used[group] += last - first
+    return {group: round(seconds, 1) for group, seconds in used.items()}
 
 
 def memory_figures(samples: list) -> dict:
@@ -700,6 +729,9 @@ def print_table(report: dict) -> None:
     print(f"memory (MB): server RSS max {memory['server_max']}, trainers' RSS max {memory['trainers_max']}, browser "
           f"PSS max {memory['browser_max']}; available min {memory['available_min']} "
           f"(at first {memory['available_at_first']})")
+    span = report["samples"][-1]["t"] - report["samples"][0]["t"] if report["samples"] else 0.0
+    print(f"CPU seconds in the {span:.0f} s sampled ({settings['cpus']} CPUs: {settings['cpus'] * span:.0f} in all): "
+          + ", ".join(f"{group} {seconds}" for group, seconds in report["cpu_seconds"].items()))
     for trouble in report["form_troubles"]:
         print(f"session {trouble['session']} filled the Train page's form again: {trouble['trouble'][:150]}")
     for text in report["warnings"]:

@@ -47,6 +47,7 @@ def test_a_small_class_gets_every_answer_and_no_error(tmp_path, data_root):
     assert report["starts"]["started"] >= 1
     assert report["trainers"]["max"] <= report["trainers"]["limit"]
     assert report["trainers_left_after_stop"] == 0
+    assert all(seconds > 0 for seconds in report["cpu_seconds"].values()), report["cpu_seconds"]
     assert not [run.name for run in runs.list_runs(folder / "runs") if run.is_running() or run.is_queued()]
     assert completed.returncode == 0, report["problems"]
 
