@@ -68,7 +68,7 @@ def adapted_task_metrics(model, sampler: TaskSampler, tasks: int, seed: int, inn
 def adapted_task_losses(model, batch, inner_lr, steps: int, transductive: bool = False):
     """maml.task_losses without a meta-gradient (validation, tests), CPU_GROUP tasks at a time on a CPU, all at
     once elsewhere."""
-    size = CPU_GROUP if batch.support_x.device.type == "cpu" else len(batch)
+    size = CPU_GROUP if batch.support_x.device.type == "cpu" else 0  # 0: all at once
     with torch.no_grad():  # no meta-gradient; torch.func still takes the inner gradients
         results = [maml.task_losses(model, group, inner_lr, steps, first_order=True, transductive=transductive)
                    for group in batch.groups(size)]

@@ -152,7 +152,7 @@ def meta_backward(model, batch: TaskBatch, inner_lr, steps: int, first_order: bo
     Returns the mean query loss and accuracy after adaptation, as floats.
     """
     loss_sum, accuracy_sum = 0.0, 0.0
-    for group in batch.groups(tasks_at_once or len(batch)):
+    for group in batch.groups(tasks_at_once):
         losses, accuracies = task_losses(model, group, inner_lr, steps, first_order, step_weights=step_weights)
         (losses.sum() / len(batch)).backward()
         loss_sum, accuracy_sum = loss_sum + losses.sum().item(), accuracy_sum + accuracies.sum().item()

@@ -24,7 +24,7 @@ def meta_gradient(model, batch: TaskBatch, inner_lr: float, steps: int, first_or
     tasks (0: all at once) as maml.meta_backward sums it; the .grad of the weights is left as it was."""
     params = dict(model.named_parameters())
     total = {name: torch.zeros_like(p) for name, p in params.items()}
-    for group in batch.groups(tasks_at_once or len(batch)):
+    for group in batch.groups(tasks_at_once):
         losses, _ = maml.task_losses(model, group, inner_lr, steps, first_order)
         for name, gradient in zip(params, torch.autograd.grad(losses.sum() / len(batch), list(params.values()))):
             total[name] += gradient

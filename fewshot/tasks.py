@@ -39,7 +39,8 @@ class TaskBatch:
                          self.query_x[start:stop], self.query_y[start:stop])
 
     def groups(self, size: int) -> list["TaskBatch"]:
-        """The tasks in groups of `size` (the last one may be smaller), in order."""
+        """The tasks in groups of `size` (the last one may be smaller), in order; size 0: all in one group."""
+        size = size or len(self)
         return [self.tasks(start, start + size) for start in range(0, len(self), size)]
 
     def __len__(self) -> int:

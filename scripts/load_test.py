@@ -451,14 +451,14 @@ class Sampler(threading.Thread):
             first, _ = self.run_seen.get(pid, (now, now))  # seconds since `clock`, rounded
             self.run_seen[pid] = (first, now)
         ours = descendants(os.getpid(), processes) - descendants(self.server_pid, processes)
-        groups = {"server": {self.server_pid}, "trainers": trainers, "browser": ours - {os.getpid()},
-                  "this script": {os.getpid()}}
+        browser = ours - {os.getpid()}
+        groups = {"server": {self.server_pid}, "trainers": trainers, "browser": browser, "this script": {os.getpid()}}
         for group, pids in groups.items():
             for pid, seconds in cpu_seconds(pids).items():
                 _, first, _ = self.cpu.get(pid, (group, seconds if not self.samples else 0.0, None))
                 self.cpu[pid] = (group, first, seconds)
         return {"t": now, "trainers": len(trainers), "server_mb": rss_mb([self.server_pid]),
-                "trainers_mb": rss_mb(trainers), "browser_mb": pss_mb(ours - {os.getpid()}),
+                "trainers_mb": rss_mb(trainers), "browser_mb": pss_mb(browser),
                 "available_mb": available_mb()}
 
     def stop(self) -> None:

@@ -211,7 +211,7 @@ BREAKS = [
           "torch.autograd.grad(losses.sum() / len(batch), ", "torch.autograd.grad(losses.mean(), ",
           ("tests/test_probe.py",)),
     Break("validation adapts all its tasks at once on a CPU", "fewshot/evaluation.py",
-          'size = CPU_GROUP if batch.support_x.device.type == "cpu" else len(batch)', "size = len(batch)",
+          'size = CPU_GROUP if batch.support_x.device.type == "cpu" else 0', "size = 0",
           ("tests/test_training.py",)),
 ]
 

@@ -163,3 +163,10 @@ def test_within_one_alphabet_with_rotations_a_class_is_a_character_of_the_alphab
         query = [kinds[tuple(image[0].nonzero()[0].tolist())] for image in query_x]
         assert sorted(support) == [(c, k) for c in range(4) for k in range(4)]
         assert query == [kind for kind in support for _ in range(2)]
+
+
+def test_a_batch_splits_into_groups_in_order_and_size_0_keeps_it_whole():
+    batch = TaskSampler(torch.rand(10, 20, 28, 28), list(range(10)), 2, 1, 1).sample(5, seed=0)
+    assert [len(group) for group in batch.groups(2)] == [2, 2, 1]
+    assert torch.equal(torch.cat([group.support_x for group in batch.groups(2)]), batch.support_x)
+    assert [len(group) for group in batch.groups(0)] == [5]
