@@ -74,9 +74,10 @@ class Config:
     engine: str = _option("fewshot", "fewshot (torch.func, vmapped) or learn2learn (the notebook's loop)",
                           ("fewshot", "learn2learn"), label="meta-gradient code")
     tasks_at_once: int = _option(0, "engine fewshot: tasks of a meta-batch adapted at once, the meta-gradient "
-                                    "summed group by group: fewer hold less memory, and on a CPU are faster, their "
-                                    "layers' outputs fitting its caches (0: automatic, 8 on a CPU, the whole "
-                                    "meta-batch on a GPU)", at_least=0, at_most=1024, label="tasks adapted at once")
+                                    "summed group by group: fewer hold less memory, too few run slower (0: automatic: "
+                                    "on a CPU, tasks of about 240 drawings at 64 channels, 8 for the fc net; the "
+                                    "whole meta-batch on a GPU)",
+                               at_least=0, at_most=1024, label="tasks adapted at once")
     device: str = _option("auto", "where to meta-train: auto (a CUDA GPU if torch sees one, else an Apple GPU, "
                                   "else the CPU), cpu, cuda or mps", ("auto", "cpu", "cuda", "mps"))
     seed: int = _option(0, "seed of the initial weights and of the task sequence", at_least=0, at_most=MAX_SEED)

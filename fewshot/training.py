@@ -44,9 +44,14 @@ CHECKPOINT, TRAINING_STATE, METRICS, CONFIG, EVALUATION, LOCK = (
     "train.lock")
 ENDED = "ended"  # written by `python -m fewshot train` as it exits, whatever the outcome: a run without it died
 COSINE_FLOOR = 0.01  # cosine annealing's last outer learning rate, over outer_lr: MAML++'s 1e-5 for its 1e-3
-CPU_TASKS_AT_ONCE = 8  # on a CPU, 8 tasks at once took a quarter to a third of the memory of 32 at once, in 0.87
-# to 1.25 times the time in one `python -m fewshot bench`, and 1.0 to 2.2 times faster in another (on random
-# drawings): the machine's memory traffic, which 32 tasks' layer outputs depend on, varies from day to day
+CPU_IMAGES_AT_ONCE = 240  # a conv net's group of tasks on a CPU: about this many drawings in the query pass at 64
+# channels (twice as many at 32). Fewer leave each operation too small to run at full speed; more run no faster and
+# hold more memory. Against groups of 1 to 16 tasks (issue 15; interleaved in one process, one thread, freed memory
+# kept as training keeps it): 5-way 1-shot (30 drawings a task) was fastest at 8, 4 at 0.96 of its speed; 5-shot
+# (50) and 20-way 1-shot (120) were within 5 % of their fastest from 2 to 16 tasks, and 4 and 2 held a half and a
+# quarter of 8's memory; at 32 and 128 channels the group that this rule picks was within 5 % of the fastest.
+CPU_TASKS_AT_ONCE = 8  # an fc net's group on a CPU, whose layers' outputs are small: within 17 % of the fastest of 2, 8
+# and 32 tasks, with a third of 32's memory
 STOP_GRACE = 3.0  # seconds a stop waits for the current iteration before it saves the last one and exits
 
 
@@ -60,11 +65,18 @@ def meta_backward_of(engine: str, tasks_at_once: int = 0):
 
 
 def tasks_at_once(config: Config, device: torch.device) -> int:
-    """How many tasks this library's engine adapts at once: config.tasks_at_once, or where it is 0 (automatic)
-    CPU_TASKS_AT_ONCE on a CPU and the whole meta-batch on a GPU, which is fastest with the most work at once."""
+    """How many tasks this library's engine adapts at once: config.tasks_at_once, or where it is 0 (automatic) the
+    whole meta-batch on a GPU, which is fastest with the most work at once, and on a CPU a group just large enough
+    to run at full speed: a conv net's tasks whose query pass holds about CPU_IMAGES_AT_ONCE drawings at 64
+    channels, fewer at more channels; an fc net's, CPU_TASKS_AT_ONCE."""
     if config.tasks_at_once:
         return config.tasks_at_once
-    return CPU_TASKS_AT_ONCE if device.type == "cpu" else config.meta_batch
+    if device.type != "cpu":
+        return config.meta_batch
+    if config.backbone != "conv":
+        return CPU_TASKS_AT_ONCE
+    drawings = config.ways * (config.shots + config.queries)  # a task's query pass: its support and queries together
+    return max(1, CPU_IMAGES_AT_ONCE * 64 // (drawings * config.channels))
 
 
 def task_seed(seed: int, iteration: int) -> int:

@@ -135,11 +135,17 @@ def test_a_cpu_run_resumed_on_the_gpu_continues_its_curve(tiny_config, tmp_path)
     assert metadata["iterations"] == 6
 
 
-def test_tasks_at_once_is_the_configured_number_else_eight_on_a_cpu_and_the_meta_batch_on_a_gpu():
-    config = Config(meta_batch=32)
-    assert training.tasks_at_once(config, torch.device("cpu")) == training.CPU_TASKS_AT_ONCE == 8
-    assert training.tasks_at_once(config, torch.device("cuda")) == 32
-    assert training.tasks_at_once(dataclasses.replace(config, tasks_at_once=4), torch.device("cuda")) == 4
+def test_tasks_at_once_is_the_configured_number_else_a_cpu_group_of_about_240_drawings_and_the_meta_batch_on_a_gpu():
+    config = Config(meta_batch=32)  # 5-way 1-shot, 5 queries per class: 30 drawings a task's query pass
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert training.tasks_at_once(config, cpu) == 8 and training.tasks_at_once(config, gpu) == 32
+    assert training.tasks_at_once(dataclasses.replace(config, shots=5), cpu) == 4  # 50 drawings
+    assert training.tasks_at_once(dataclasses.replace(config, ways=20), cpu) == 2  # 120 drawings
+    assert training.tasks_at_once(dataclasses.replace(config, channels=128), cpu) == 4  # twice the outputs a drawing
+    assert training.tasks_at_once(dataclasses.replace(config, channels=32, queries=3), cpu) == 24
+    assert training.tasks_at_once(dataclasses.replace(config, ways=50, shots=19, queries=1), cpu) == 1
+    assert training.tasks_at_once(dataclasses.replace(config, backbone="fc", ways=20), cpu) == 8
+    assert training.tasks_at_once(dataclasses.replace(config, tasks_at_once=4), gpu) == 4
 
 
 def test_training_adapts_the_meta_batch_and_the_validation_tasks_a_group_at_a_time(tiny_config, tmp_path,
