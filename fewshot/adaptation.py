@@ -26,6 +26,7 @@ from .omniglot import Omniglot
 DEFAULT_CHECKPOINT = "maml-conv-5way.safetensors"  # shipped in checkpoints/
 MAX_UPLOAD_NAME = 60  # characters
 MAX_RUNS_OFFERED = 8  # the runs' newest checkpoints that the Draw page offers
+ALL_THREADS = torch.get_num_threads()  # torch's threads as the process started: what idle_threads goes back to
 # The models shipped in checkpoints/ (checkpoints/README.md): file name -> (the iterations in its metadata, which
 # count its last run only, and its whole training). Two were trained in several runs, each from the last.
 SHIPPED = {
@@ -158,13 +159,13 @@ def idle_threads():
     """Runs torch meanwhile on as many threads as the machine has idle cores (at least one). Adapting to a
     few drawings is a string of small operations: on an idle 2-core machine two threads cut its time by about
     a quarter, but beside training runs that keep the cores busy, threads wait on each other and take several
-    times longer than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(threads, round(os.cpu_count() - os.getloadavg()[0]))))
+    times longer than one. The count is the process's, shared by every session: each goes back to ALL_THREADS, not
+    to what it found, which may be another session's lowered count."""
+    torch.set_num_threads(max(1, min(ALL_THREADS, round(os.cpu_count() - os.getloadavg()[0]))))
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(ALL_THREADS)
 
 
 def check_supports(model, support_y: torch.Tensor) -> None:

@@ -104,13 +104,14 @@ def draw_strokes(points: np.ndarray, width: float, size: int) -> np.ndarray:
 
 def ink_of(image: np.ndarray) -> np.ndarray:
     """Ink in [0, 1]: the alpha channel when it varies, else the distance of the grey level to the
-    background (the median of the border), so both black-on-white and white-on-black work."""
+    background, so both black-on-white and white-on-black work. The background is the median of the whole image,
+    most of any drawing, not of its border: the browser's canvas sends an opaque white PNG, and a box drawn
+    along its edges covers most of the border."""
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] == 4 and image[..., 3].min() < 255:
         return image[..., 3] / 255.0
     grey = image.astype(np.float64) if image.ndim == 2 else image[..., :3] @ np.array([0.299, 0.587, 0.114])
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    return np.abs(grey - np.median(border)) / 255.0
+    return np.abs(grey - np.median(grey)) / 255.0
 
 
 def ink_statistics(ink: torch.Tensor | np.ndarray) -> dict:

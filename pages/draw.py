@@ -38,6 +38,7 @@ SLOT_WIDTH = CANVAS_SIZE + TOOLBAR_WIDTH + PREVIEW_SIZE + 8  # a drawing, its to
 GAP = 16  # pixels between a class' slots: Streamlit's "small" gap, 1rem
 MAX_WAYS, MAX_SHOTS, MAX_STEPS = 20, 5, 50
 MAX_NAME = 60  # characters in a class name
+MAX_CANVAS_PIXELS = 1024 * 1024  # a canvas sends a CANVAS_SIZE-square PNG: a larger one is a tampered browser's
 CHART_WIDTH = 440  # two charts side by side on a wide screen, one above the other on a projector
 STILL = {"displayModeBar": False}  # no zoom buttons over the charts' titles
 UPLOAD = "upload"
@@ -116,10 +117,14 @@ def warmed_up(name: str, model, metadata):
 
 @st.cache_resource(show_spinner=False, max_entries=1024)
 def model_input(png: bytes) -> np.ndarray | None:
-    """The 28x28 ink image the model sees for a canvas' PNG; None for a blank canvas."""
+    """The 28x28 ink image the model sees for a canvas' PNG; None for a blank canvas, and for what no canvas sends
+    (a tampered browser's bytes that are no PNG, or a PNG that would take gigabytes to decode)."""
     try:
-        return drawing_to_ink(np.asarray(Image.open(io.BytesIO(png)))).numpy()
-    except BlankDrawing:
+        image = Image.open(io.BytesIO(png))  # reads the header only
+        if image.width * image.height > MAX_CANVAS_PIXELS:
+            return None
+        return drawing_to_ink(np.asarray(image.convert("RGBA"))).numpy()
+    except (BlankDrawing, OSError, ValueError, Image.DecompressionBombError):  # PIL's errors are OSError's
         return None
 
 
@@ -252,9 +257,13 @@ def canvas(slot_id) -> np.ndarray | None:
     result = st_canvas(stroke_width=STROKE_WIDTH, stroke_color="#000000", background_color="#ffffff",
                        width=CANVAS_SIZE, height=CANVAS_SIZE, return_image_data=True,
                        initial_drawing=restored_strokes, key=canvas_key(slot_id))
-    if not result.image_bytes:  # nothing drawn since the canvas appeared
+    try:
+        png = result.image_bytes
+    except ValueError:  # a tampered browser's message: no base64 data URL (binascii.Error is a ValueError)
+        png = None
+    if not png:  # nothing drawn since the canvas appeared
         return restored_ink
-    ink = model_input(result.image_bytes)
+    ink = model_input(png)
     state.draw_kept[slot_id] = (result.json_data, ink)
     return ink
 
@@ -296,7 +305,11 @@ def show_prediction(adaptation, names: list, unlike: float) -> None:
     before, after = adaptation.before[0], adaptation.after[0]
     winner = int(after.argmax())
     st.markdown(f"#### Prediction after adaptation: **{names[winner]}** ({after[winner]:.0%})")
-    if unlike > UNFAMILIAR:
+    if not np.isfinite(unlike):  # every class's drawings the same to the model: no spread to measure against
+        st.warning("**Your classes look alike.** To the model, every class's drawings are the same drawing (once "
+                   "cropped and centred, a shape is the same wherever it is drawn, and at whatever size), so it "
+                   "cannot tell them apart: draw each class differently.", icon=":material/help:")
+    elif unlike > UNFAMILIAR:
         st.warning(f"**Maybe none of these.** To the adapted model this drawing looks unlike every drawing of "
                    f"your classes: the nearest is {unlike:.2f} times as far from it as your classes are from each "
                    f"other (above {UNFAMILIAR} counts as unlike). The model must pick one of your classes, so its "
@@ -305,7 +318,8 @@ def show_prediction(adaptation, names: list, unlike: float) -> None:
         st.caption(f"The drawing looks like your drawings to the model: the nearest is {unlike:.2f} times as far "
                    f"from it as your classes are from each other (above {UNFAMILIAR} would count as unlike).")
     answer = state.get("draw_query_answer")
-    if answer is not None and state.draw_filled.get(QUERY) is not None:
+    if answer is not None and answer < len(names) and state.draw_filled.get(QUERY) is not None:  # (a filled
+        # query of class 9 of 20 has no verdict among 5 classes)
         verdict = "right" if answer == winner else "wrong"
         st.caption(f"The Omniglot query is a drawing of {names[answer]}: the model is {verdict}.")
     st.caption(f"Before adaptation, the meta-learned start θ said {names[int(before.argmax())]} "
@@ -366,7 +380,7 @@ with st.container(horizontal=True):
         except (DatasetNotFound, ValueError) as error:
             st.error(f"Could not fill from Omniglot: {error}", icon=":material/error:")
     st.button("Clear all", icon=":material/delete_sweep:", on_click=clear,
-              args=([(c, d) for c in range(ways) for d in range(shots)] + [QUERY], ways))
+              args=([(c, d) for c in range(MAX_WAYS) for d in range(MAX_SHOTS)] + [QUERY], MAX_WAYS))
 
 st.subheader("1. Your classes: the support set")
 names, inks = class_cards(ways, shots)

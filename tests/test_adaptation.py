@@ -15,7 +15,7 @@ from torch.func import functional_call
 
 from canvas_drawings import QUERY, SHAPES, canvas_image
 from waiting import outcomes_at_once
-from fewshot import maml
+from fewshot import adaptation, maml
 from fewshot.adaptation import (DEFAULT_CHECKPOINT, MAX_RUNS_OFFERED, MAX_UPLOAD_NAME, SHIPPED, UNFAMILIAR,
                                 adapt_and_classify, adaptation_settings, character_name, checkpoint_label, classify,
                                 describe_checkpoint, find_checkpoints, idle_threads, load_uploaded_checkpoint, novelty,
@@ -145,6 +145,25 @@ def test_idle_threads_uses_idle_cores_and_restores_the_thread_count(monkeypatch)
     with idle_threads():
         assert torch.get_num_threads() == min(3, threads)
     assert torch.get_num_threads() == threads
+
+
+def test_idle_threads_of_overlapping_sessions_give_back_every_thread(monkeypatch):
+    """Session A lowers the count, B starts meanwhile, A ends, then B: B once put back A's lowered count, for good."""
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(adaptation, "ALL_THREADS", 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 0.0, 0.0))  # one idle core
+    torch.set_num_threads(2)
+    try:
+        first, second = idle_threads(), idle_threads()
+        first.__enter__()
+        second.__enter__()
+        assert torch.get_num_threads() == 1
+        first.__exit__(None, None, None)
+        second.__exit__(None, None, None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_uploaded_checkpoints_load_and_foreign_or_corrupt_ones_are_refused(tmp_path, model):

@@ -1,6 +1,8 @@
 """The Draw page with Streamlit's AppTest: drawings are injected through the canvases' widget state (AppTest
 cannot draw; tests/test_browser_draw.py draws with the mouse)."""
 
+import base64
+import io
 import json
 import re
 import shutil
@@ -8,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from streamlit.testing.v1 import AppTest
 from torch.func import functional_call
@@ -58,6 +61,11 @@ def draw_all_classes(app: AppTest, classes=range(len(NAMES))) -> None:
 
 def button(app: AppTest, label: str):
     return next(b for b in app.button if b.label == label)
+
+
+def classes_input(app: AppTest):
+    """The Classes (N ways) setting."""
+    return next(number for number in app.number_input if number.label.startswith("Classes"))
 
 
 def texts(app: AppTest, kind: str) -> str:
@@ -178,7 +186,7 @@ def test_a_class_without_drawing_and_a_blank_canvas_are_named():
 
 def test_another_number_of_classes_than_the_checkpoints_is_explained():
     app = open_draw_page()
-    next(n for n in app.number_input if n.label.startswith("Classes")).set_value(3).run()
+    classes_input(app).set_value(3).run()
     assert not app.exception
     assert "tells exactly 5 classes apart" in texts(app, "error")
     assert button(app, "Adapt").disabled
@@ -287,3 +295,66 @@ def test_fill_from_omniglot_draws_characters_the_checkpoint_never_saw_then_adapt
     assert "The Omniglot query is a drawing of" in texts(app, "caption")
     button(app, "Clear all").click().run()
     assert empty_slots(app) == 6
+
+
+def canvas_message(app: AppTest, slot: str, url: str) -> None:
+    app.session_state[f"draw_canvas_{slot}_0"] = {"drawing": {"raw": {"objects": []}, "data": url}}
+
+
+def png_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.mark.parametrize("url", [
+    "data:image/png,no-base64",  # no ";base64,"
+    "data:image/png;base64," + base64.b64encode(b"no png at all").decode(),
+    png_url(Image.new("LA", (140, 140))),  # grey and alpha, not RGBA
+    png_url(Image.fromarray(canvas_image([[(500, 500), (3500, 3500)]], size=2000, width=400))),  # 4M pixels
+], ids=["not-base64", "not-a-png", "grey-and-alpha", "huge"])
+def test_a_tampered_canvas_message_leaves_the_slot_empty_not_a_traceback(url):
+    """A browser's devtools can send any canvas data: each of these once raised, or took gigabytes to decode."""
+    app = open_draw_page()
+    canvas_message(app, "0_0", url)
+    app.run()
+    assert not app.exception, app.exception
+    assert empty_slots(app) == 6
+
+
+def test_classes_drawn_alike_are_called_alike_not_infinitely_unlike():
+    """A dot in each class: once cropped and centred, the same drawing, so the classes' spread is 0."""
+    app = open_draw_page()
+    for c in range(len(NAMES)):
+        draw(app, f"{c}_0", [[(30 + 10 * c, 40), (30 + 10 * c, 40)]])
+    draw(app, "query", QUERY)
+    app.run()
+    button(app, "Adapt").click().run()
+    assert not app.exception, app.exception
+    assert "Your classes look alike" in texts(app, "warning") and "inf" not in texts(app, "warning")
+
+
+def test_a_filled_query_of_a_class_no_longer_shown_has_no_verdict(omniglot, data_root, monkeypatch):
+    """Fill with 20 classes, then Classes back to the checkpoint's 5: a query of class 19 is of none of them."""
+    monkeypatch.setenv("FEWSHOT_DATA", data_root)
+    app = open_draw_page()
+    classes_input(app).set_value(20).run()
+    button(app, "Fill from Omniglot").click().run()
+    app.session_state["draw_query_answer"] = 19
+    classes_input(app).set_value(5).run()
+    button(app, "Adapt").click().run()
+    assert not app.exception, app.exception
+    assert "Prediction after adaptation" in texts(app, "markdown")
+    assert "The Omniglot query is a drawing of" not in texts(app, "caption")
+
+
+def test_clear_all_empties_the_classes_hidden_by_fewer_classes_too():
+    app = open_draw_page()
+    draw_all_classes(app)
+    app.run()
+    classes_input(app).set_value(3).run()
+    button(app, "Clear all").click().run()
+    classes_input(app).set_value(5).run()
+    assert not app.exception, app.exception
+    assert empty_slots(app) == 6
+    assert all(app.text_input(key=f"draw_name_{c}").value == "" for c in range(5))

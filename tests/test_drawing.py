@@ -78,6 +78,16 @@ def test_ink_comes_from_alpha_or_from_colour_whatever_the_polarity():
         assert torch.allclose(drawing_to_ink(image), transparent, atol=0.02)
 
 
+def test_a_box_along_the_canvas_edges_on_the_browsers_opaque_white_canvas_is_read_as_the_box():
+    """The browser's canvas sends an opaque white PNG, so ink comes from colour; a box hugging the edges covers most
+    of the border, which once made the white inside read as the ink."""
+    edge = [[(2, 2), (137, 2), (137, 137), (2, 137), (2, 2)]]
+    transparent = drawing_to_ink(canvas_image(edge))
+    opaque = drawing_to_ink(canvas_image(edge, background=(255, 255, 255, 255)))
+    assert torch.allclose(opaque, transparent, atol=0.02)
+    assert ink_statistics(opaque)["mass"] > OMNIGLOT_RANGE["mass"][0]  # its inside read as ink: 4 dots, a mass of 8
+
+
 @pytest.mark.parametrize("background", [(0, 0, 0, 0), (255, 255, 255, 255)])
 def test_a_blank_canvas_is_refused(background):
     with pytest.raises(BlankDrawing, match="blank"):
