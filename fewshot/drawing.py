@@ -57,7 +57,9 @@ def redraw_like_omniglot(image: np.ndarray) -> np.ndarray:
         centre_lines = np.argwhere(working == working.max())[:1] + 0.5
     low, high = centre_lines.min(0), centre_lines.max(0)
     extent = (high - low).max()
-    scale = (CHARACTER_SIDE - STROKE_WIDTH) / extent if extent > 0 else 1.0
+    dot = extent <= stroke_width(working > INK_THRESHOLD)  # centre lines no longer than the stroke is wide: a dot,
+    # however the pen wobbled or the canvas' edge clipped it, not a line to stretch to a character's size
+    scale = 0.0 if dot else (CHARACTER_SIDE - STROKE_WIDTH) / extent
     points = (centre_lines - (low + high) / 2) * scale + OMNIGLOT_SIZE / 2
     return draw_strokes(points, STROKE_WIDTH, OMNIGLOT_SIZE)
 

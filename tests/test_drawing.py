@@ -78,6 +78,16 @@ def test_ink_comes_from_alpha_or_from_colour_whatever_the_polarity():
         assert torch.allclose(drawing_to_ink(image), transparent, atol=0.02)
 
 
+@pytest.mark.parametrize("stroke", [[(70, 70), (71, 70)], [(70, 70), (74, 70)], [(3, 70), (3, 70)]],
+                         ids=["wobbled by 1 pixel", "by 4", "clipped by the edge"])
+def test_a_dot_stays_a_dot_however_the_pen_wobbled_or_the_edge_clipped_it(stroke):
+    """The redraw stretches a drawing's centre lines to a character's size; a dot's, a pixel or two long, once
+    became a line 67 pixels long. A dash of twice the stroke's width is a line still."""
+    dot = redraw_like_omniglot(canvas_image([[(70, 70), (70, 70)]]))
+    assert np.array_equal(redraw_like_omniglot(canvas_image([stroke])), dot)
+    assert redraw_like_omniglot(canvas_image([[(70, 70), (86, 70)]])).sum() > 10 * dot.sum()
+
+
 def test_a_box_along_the_canvas_edges_on_the_browsers_opaque_white_canvas_is_read_as_the_box():
     """The browser's canvas sends an opaque white PNG, so ink comes from colour; a box hugging the edges covers most
     of the border, which once made the white inside read as the ink."""
