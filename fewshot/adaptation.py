@@ -7,6 +7,7 @@ steps. It is written with plain autograd rather than torch.func, which is faster
 """
 
 import functools
+import math
 import os
 import re
 import tempfile
@@ -19,7 +20,8 @@ import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from .checkpoints import inner_lr_of, load_checkpoint
+from . import limits
+from .checkpoints import CheckpointError, inner_lr_of, load_checkpoint
 from .maml import last_step, query_logits, step_size
 from .omniglot import Omniglot
 
@@ -110,6 +112,10 @@ def adapt_and_classify(model, support_x: torch.Tensor, support_y: torch.Tensor, 
             grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
             params = {name: (params[name] - step_size(inner_lr, name, step) * grads[name]).detach().requires_grad_()
                       for name in params}
+    if not all(map(math.isfinite, losses)) or not all(p.isfinite().all() for p in query_probabilities):
+        raise ValueError("the model's outputs overflow to NaN or infinity (its weights or inner learning rates are "
+                         "too large for these drawings, or the inner loop diverged): lower α or the inner steps, or "
+                         "choose another checkpoint.")
     return Adaptation(params, losses, accuracies, query_probabilities[0], query_probabilities[-1])
 
 
@@ -220,7 +226,12 @@ def load_uploaded_checkpoint(name: str, data: bytes):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / upload_name(name)
         path.write_bytes(data)
-        return load_checkpoint(path)
+        model, metadata = load_checkpoint(path)
+    too_large = [f"{key} {metadata[key]} (at most {limits.maximum(key)})" for key in ("channels", "blocks")
+                 if metadata["backbone"] == "conv" and metadata[key] > limits.maximum(key)]
+    if too_large:  # 16 MB of weights can take 5 times the compute of the largest model the Train form allows
+        raise CheckpointError(f"{path.name}: its model is larger than this server adapts: {', '.join(too_large)}.")
+    return model, metadata
 
 
 def upload_name(name: str) -> str:

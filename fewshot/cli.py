@@ -96,12 +96,14 @@ def evaluate_command(args) -> None:
         sys.exit("error: --record keeps test accuracy only; drop --characters val")
     if args.record and args.seed != TEST_SEED:
         sys.exit("error: --record keeps accuracy on the test tasks every model shares; drop --seed")
+    if args.record and args.tasks < 2:  # one task has no confidence interval: a NaN would make the file unreadable
+        sys.exit("error: --record needs --tasks of 2 or more, for a confidence interval")
     if args.record and args.within_alphabet:
         sys.exit("error: --record keeps accuracy on tasks of characters of all alphabets; drop --within-alphabet")
     model, metadata = load_checkpoint(Path(args.checkpoint))
     split = args.split or metadata["split"]
     shots = metadata["shots"] if args.shots is None else args.shots
-    steps = metadata["test_inner_steps"] if args.inner_steps is None else args.inner_steps
+    steps = metadata.get("test_inner_steps", metadata["inner_steps"]) if args.inner_steps is None else args.inner_steps
     problems = evaluation_problems(args.tasks, shots, args.queries, steps, args.seed)
     if problems:
         sys.exit("error: " + "; ".join(problems))

@@ -127,6 +127,9 @@ class Config:
             problems["shots + queries"] = (
                 f"shots + queries must be at most {DRAWINGS_PER_CHARACTER} (Omniglot has {DRAWINGS_PER_CHARACTER} "
                 f"drawings per character), got {self.shots} + {self.queries}")
+        if "test_tasks" not in problems and self.test_tasks == 1:  # no confidence interval of one task: a NaN
+            # that the checkpoint's metadata would keep, and no JSON reader takes
+            problems["test_tasks"] = "test_tasks must be 0 (no test) or at least 2, for a confidence interval"
         if not problems:
             problems = maml_plus_plus_problems(self)
         if problems:
@@ -155,7 +158,17 @@ class Config:
 
     @classmethod
     def load(cls, path: Path) -> "Config":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(read_json(path))
+
+
+def read_json(path: Path):
+    """The JSON value the file at `path` holds. json.JSONDecodeError (a ValueError) also for one nested too deep for
+    json's parser, which raises RecursionError: a damaged file in a run's folder must not break the pages."""
+    text = Path(path).read_text()
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deep to parse", text, 0) from None
 
 
 def field_problem(field: dataclasses.Field, value) -> str | None:

@@ -6,6 +6,7 @@ record (a disk error, a hand edit) is skipped and counted, never fatal.
 """
 
 import json
+import math
 import os
 import threading
 from pathlib import Path
@@ -25,7 +26,7 @@ def parse(lines: list) -> tuple[list, int]:
             continue
         try:
             record = json.loads(line)
-        except ValueError:  # also a UnicodeDecodeError
+        except (ValueError, RecursionError):  # also a UnicodeDecodeError; RecursionError: nested too deep to parse
             record = None
         if _is_record(record):
             records.append(record)
@@ -35,8 +36,9 @@ def parse(lines: list) -> tuple[list, int]:
 
 
 def _is_record(record) -> bool:
-    """Whether a parsed line is a record the app can plot: an iteration, and numbers for what it measured."""
-    if not isinstance(record, dict) or type(record.get("iteration")) is not int:
+    """Whether a parsed line is a record the app can plot: an iteration (0 or more), numbers for what it measured,
+    and a finite time (the pages compute durations from it; a diverged run's NaN losses are records still)."""
+    if not isinstance(record, dict) or type(record.get("iteration")) is not int or record["iteration"] < 0:
         return False
     measured = [record.get(key) for key in REQUIRED_NUMBERS]
     measured += [value for key, value in record.items() if key.startswith("val_")]
@@ -45,7 +47,7 @@ def _is_record(record) -> bool:
             return False
         groups = [record["probe"], *record["probe"]["layers"].values()]
         measured += [group.get(key) for group in groups for key in PROBE_NUMBERS]
-    return all(type(value) in (int, float) for value in measured)
+    return all(type(value) in (int, float) for value in measured) and math.isfinite(record["seconds"])
 
 
 def _is_probe(probe) -> bool:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import files, launchers, limits, metrics
-from .config import REPO_ROOT, Config
+from .config import REPO_ROOT, Config, read_json
 from .omniglot import SETS
 from .training import CHECKPOINT, CONFIG, ENDED, EVALUATION, METRICS, TRAINING_STATE
 
@@ -108,7 +108,7 @@ class Run:
     def launch(self) -> dict:
         """What start() recorded; {} for a run started from the command line, or where launch.json is unreadable."""
         try:
-            launch = json.loads((self.path / LAUNCH).read_text())
+            launch = read_json(self.path / LAUNCH)
         except (OSError, ValueError):  # missing, or not JSON
             return {}
         return launch if _valid_launch(launch) else {}
@@ -141,11 +141,13 @@ class Run:
         return _metrics_reader(self.path).read()[1]
 
     def evaluation(self) -> dict | None:
-        """Test accuracy and its interval, once the run has finished (None while evaluation.json is written)."""
+        """Test accuracy and its interval, once the run has finished (None while evaluation.json is written, or
+        where it does not hold what training writes)."""
         try:
-            return json.loads((self.path / EVALUATION).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            evaluation = read_json(self.path / EVALUATION)
+        except (OSError, ValueError):  # missing, being written, or not JSON
             return None
+        return evaluation if _valid_evaluation(evaluation) else None
 
     @property
     def checkpoint(self) -> Path:
@@ -499,13 +501,13 @@ def _queue_lock(root: Path):
 def resume(run: Run) -> None:
     """Queues a stopped or interrupted run again: it continues from its last saved iteration (training.py
     --resume), or begins again if it died before its first save. ValueError where there is nothing to resume."""
-    status = run.status()
-    if status not in (STOPPED, INTERRUPTED):
-        raise ValueError(f"Run {run.name} is {status}: only a stopped or interrupted run can be resumed.")
-    config = run.config()
-    _check_admissible([config])
-    arguments = ["--resume"] if (run.path / CONFIG).exists() else config_arguments(config)
-    with _queue_lock(run.path.parent):
+    with _queue_lock(run.path.parent):  # the status read and the queueing at once: two clicks queue it once
+        status = run.status()
+        if status not in (STOPPED, INTERRUPTED):
+            raise ValueError(f"Run {run.name} is {status}: only a stopped or interrupted run can be resumed.")
+        config = run.config()
+        _check_admissible([config])
+        arguments = ["--resume"] if (run.path / CONFIG).exists() else config_arguments(config)
         _queue(run, arguments, config, _kept_launch(run))
     dispatch(run.path.parent)
 
@@ -516,15 +518,15 @@ def evaluate_now(run: Run) -> None:
     left and training.finish evaluates it (test_tasks tasks) and writes evaluation.json. It goes through the
     queue like any run; the status reads running meanwhile, then finished; Stop ends it. ValueError when the
     run cannot be evaluated."""
-    done, config = run.progress().iteration, run.config()
-    if run.status() != STOPPED or done == 0 or not (run.path / TRAINING_STATE).exists():
-        raise ValueError(f"Run {run.name} has no saved state to evaluate: only a run stopped after its first "
-                         "iteration has one.")
-    if config.test_tasks == 0:
-        raise ValueError(f"Run {run.name} was started with test tasks 0: it asks for no test evaluation.")
-    evaluated = Config.from_dict({**config.to_dict(), "iterations": done})
-    _check_admissible([evaluated])
-    with _queue_lock(run.path.parent):
+    with _queue_lock(run.path.parent):  # the status read and the queueing at once: two clicks queue it once
+        done, config = run.progress().iteration, run.config()
+        if run.status() != STOPPED or done == 0 or not (run.path / TRAINING_STATE).exists():
+            raise ValueError(f"Run {run.name} has no saved state to evaluate: only a run stopped after its first "
+                             "iteration has one.")
+        if config.test_tasks == 0:
+            raise ValueError(f"Run {run.name} was started with test tasks 0: it asks for no test evaluation.")
+        evaluated = Config.from_dict({**config.to_dict(), "iterations": done})
+        _check_admissible([evaluated])
         _queue(run, ["--resume", "--iterations", str(done)], evaluated, _kept_launch(run))
     dispatch(run.path.parent)
 
@@ -538,9 +540,13 @@ def _kept_launch(run: Run) -> dict:
 
 def stop(run: Run) -> None:
     """Asks the run to stop: its launcher signals it (SIGINT here, SIGTERM to a Ray job), and training finishes
-    its iteration, saves and exits. A queued run leaves the queue."""
-    (run.path / STOP_REQUESTED).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
-    launch = run.launch()
+    its iteration, saves and exits. A queued run leaves the queue. A run deleted meanwhile has nothing to stop."""
+    with _queue_lock(run.path.parent):  # not while dispatch starts it: it would start, unsignalled, and train on
+        try:
+            (run.path / STOP_REQUESTED).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+        except FileNotFoundError:  # its folder was deleted since the page showed it
+            return
+        launch = run.launch()
     if _has_process(launch):
         launchers.launcher_of(launch).stop(launch, run.path)
 
@@ -637,6 +643,13 @@ def _valid_launch(launch) -> bool:
             and all(isinstance(launch.get(text), (str, type(None)))
                     for text in ("comparison", "owner", "ray_job", "ray_address", "launch_error"))
             and isinstance(arguments, list) and all(isinstance(argument, str) for argument in arguments))
+
+
+def _valid_evaluation(evaluation) -> bool:
+    """Whether evaluation.json holds what training writes, as far as the pages read it."""
+    return (isinstance(evaluation, dict) and isinstance(evaluation.get("split"), str)
+            and all(type(evaluation.get(number)) in (int, float) for number in ("accuracy", "ci95"))
+            and all(type(evaluation.get(count)) is int for count in ("ways", "shots", "tasks", "inner_steps")))
 
 
 def _has_process(launch: dict) -> bool:

@@ -111,7 +111,10 @@ def warmed_up(name: str, model, metadata):
     if ways > MAX_WAYS:
         raise CheckpointError(f"{name}: its classifier tells {ways} classes apart, more than the {MAX_WAYS} the "
                               f"Draw page takes; choose a checkpoint meta-trained on at most {MAX_WAYS}-way tasks.")
-    adapt_and_classify(model, torch.zeros(ways, 1, 28, 28), torch.arange(ways), inner_lr=0.0, steps=1)
+    try:
+        adapt_and_classify(model, torch.zeros(ways, 1, 28, 28), torch.arange(ways), inner_lr=0.0, steps=1)
+    except ValueError as error:  # outputs that overflow even on blank drawings
+        raise CheckpointError(f"{name}: {error}") from None
     return model, metadata
 
 

@@ -113,12 +113,8 @@ def ended_run(run: runs.Run, status: str) -> None:
                     st.success(f"Kept as {kept.name} in {kept.parent}; the Draw page lists it.")
                 except (ValueError, OSError) as error:
                     st.error(str(error))
-    with download:
-        try:
-            checkpoint = run.checkpoint.read_bytes()
-        except FileNotFoundError:  # deleted since the page listed the run: redrawn, the page says so
-            st.rerun()
-        st.download_button("Download checkpoint", data=checkpoint, file_name=f"{run.name}.safetensors",
+    with download:  # the file is read on a click only, not at every redraw of every page that shows the run
+        st.download_button("Download checkpoint", data=run.checkpoint.read_bytes, file_name=f"{run.name}.safetensors",
                            mime="application/octet-stream")
 
 

@@ -15,7 +15,7 @@ from torch.func import functional_call
 
 from canvas_drawings import QUERY, SHAPES, canvas_image
 from waiting import outcomes_at_once
-from fewshot import adaptation, maml
+from fewshot import adaptation, limits, maml
 from fewshot.adaptation import (DEFAULT_CHECKPOINT, MAX_RUNS_OFFERED, MAX_UPLOAD_NAME, SHIPPED, UNFAMILIAR,
                                 adapt_and_classify, adaptation_settings, character_name, checkpoint_label, classify,
                                 describe_checkpoint, find_checkpoints, idle_threads, load_uploaded_checkpoint, novelty,
@@ -178,6 +178,23 @@ def test_uploaded_checkpoints_load_and_foreign_or_corrupt_ones_are_refused(tmp_p
     save_file({"weight": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
     with pytest.raises(CheckpointError, match="not a fewshot checkpoint"):
         load_uploaded_checkpoint("foreign.safetensors", (tmp_path / "foreign.safetensors").read_bytes())
+
+
+def test_an_upload_larger_than_the_train_form_allows_is_refused(tmp_path):
+    """16 MB of weights (the upload limit) can be a model that takes minutes to adapt, all sessions waiting."""
+    path = tmp_path / "deep.safetensors"
+    config = Config(channels=8, blocks=limits.maximum("blocks") + 1)
+    save_checkpoint(path, build_model("conv", 5, 8, config.blocks), checkpoint_metadata(config, iterations=1))
+    with pytest.raises(CheckpointError, match=f"larger than this server adapts: blocks {config.blocks} "):
+        load_uploaded_checkpoint("deep.safetensors", path.read_bytes())
+
+
+def test_outputs_that_overflow_are_an_error_not_nan_probabilities(drawn_task):
+    support_x, support_y, query_x = drawn_task
+    huge = build_model("conv", 5, 16, 3)
+    huge.classifier.weight.data.fill_(3e38)
+    with pytest.raises(ValueError, match="the model's outputs overflow to NaN or infinity"):
+        adapt_and_classify(huge, support_x, support_y, 0.4, 1, query_x)
 
 
 def test_long_or_odd_upload_names_are_shortened_and_the_temp_folder_is_never_shown(tmp_path, model):

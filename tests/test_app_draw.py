@@ -204,10 +204,19 @@ def foreign_safetensors(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def checkpoint_with(path: Path, name: str, value: float) -> bytes:
+    """The shipped default checkpoint with every number of tensor `name` set to `value`."""
+    model, metadata = load_checkpoint(REPO / "checkpoints" / DEFAULT_CHECKPOINT)
+    model.state_dict()[name].fill_(value)
+    save_checkpoint(path, model, metadata)
+    return path.read_bytes()
+
+
 @pytest.mark.parametrize("content, message", [
     (lambda path: b"\x00\x01 certainly not a checkpoint", "not a readable safetensors file"),
     (foreign_safetensors, "not a fewshot checkpoint"),
     (odd_metadata_checkpoint, "its metadata gives shots as 'many', which is not a whole number"),
+    (lambda path: checkpoint_with(path, "classifier.weight", 3e38), "the model's outputs overflow"),
 ])
 def test_a_corrupt_or_foreign_upload_shows_an_error(tmp_path, content, message):
     content = content(tmp_path / "upload.safetensors")

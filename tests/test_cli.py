@@ -215,6 +215,22 @@ def test_evaluate_refuses_options_it_cannot_measure(tmp_path, options, message):
         f"error: {message}")
 
 
+def test_evaluate_refuses_to_record_one_tasks_accuracy_which_has_no_interval(tmp_path):
+    """A NaN interval in the checkpoint's metadata would make it unreadable (JSON has no NaN)."""
+    assert error_of("evaluate", untrained_checkpoint(tmp_path), "--tasks", 1, "--record") == (
+        "error: --record needs --tasks of 2 or more, for a confidence interval")
+
+
+def test_evaluate_takes_the_training_steps_of_a_checkpoint_without_test_time_steps(tmp_path):
+    """test_inner_steps is not a key every checkpoint has: the Draw page falls back to inner_steps, and so does
+    evaluate (here on to the missing dataset's one-line error, where it once raised a KeyError)."""
+    model, metadata = load_checkpoint(untrained_checkpoint(tmp_path))
+    del metadata["test_inner_steps"]
+    save_checkpoint(tmp_path / "old.safetensors", model, metadata)
+    message = error_of("evaluate", tmp_path / "old.safetensors", "--data-root", tmp_path / "nothing")
+    assert "Omniglot" in message
+
+
 def test_evaluate_within_alphabet_draws_upright_characters_of_one_alphabet_in_turn(omniglot, data_root, tmp_path,
                                                                                   monkeypatch, capsys):
     """Every drawing of the 40 tasks is a test drawing as Omniglot has it (upright), of a task's 5 characters,

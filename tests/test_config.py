@@ -29,6 +29,7 @@ def test_every_bad_field_is_named_in_one_message():
     ({"shots": 15, "queries": 10}, "shots + queries must be at most 20 (Omniglot has 20 drawings per character), "
                                    "got 15 + 10"),
     ({"algorithm": "reptile"}, "algorithm must be one of maml, fomaml, got 'reptile'"),
+    ({"test_tasks": 1}, "test_tasks must be 0 (no test) or at least 2, for a confidence interval"),
     ({"multi_step_loss": 100, "engine": "learn2learn"}, "the multi-step loss and learned inner learning rates need "
                                                        "engine fewshot; the notebook's learn2learn loop has neither"),
     ({"learned_inner_lr": True, "inner_steps": 0}, "learned_inner_lr learns one rate per inner step: it needs "
@@ -64,7 +65,7 @@ def test_a_garbage_dict_is_a_value_error_naming_the_field(values, message):
     assert str(error.value) == message
 
 
-@pytest.mark.parametrize("text", ["true", "[5]", "5", "{not json", "\udcff"])
+@pytest.mark.parametrize("text", ["true", "[5]", "5", "{not json", "\udcff", "[" * 100_000])
 def test_a_config_file_that_is_no_configuration_is_a_value_error(tmp_path, text):
     path = tmp_path / "config.json"
     path.write_bytes(text.encode(errors="surrogateescape"))

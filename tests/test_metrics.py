@@ -53,3 +53,15 @@ def test_truncate_that_fails_leaves_the_file_as_it_was(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="metrics.jsonl"):
         metrics.truncate(path, 1)
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+
+
+def test_records_the_pages_cannot_draw_are_skipped_and_a_diverged_runs_are_kept(tmp_path):
+    """A negative iteration, or a time that is not finite, would break the progress bar and the durations; a
+    line nested too deep for json's parser raises RecursionError, not a ValueError. NaN losses are a diverged
+    run's records, and are drawn."""
+    path = tmp_path / "metrics.jsonl"
+    diverged = record(2, train_loss=float("nan"), val_loss=float("inf"))
+    write(path, [json.dumps(record(1)), json.dumps(record(-1)), json.dumps(record(3, seconds=float("nan"))),
+                 json.dumps(record(4, seconds=float("inf"))), "[" * 100_000, json.dumps(diverged)])
+    records, skipped = metrics.read(path)
+    assert [r["iteration"] for r in records] == [1, 2] and skipped == 4

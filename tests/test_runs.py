@@ -393,3 +393,78 @@ def test_evaluate_now_measures_a_stopped_runs_test_accuracy_on_its_checkpoint(tm
     assert run.checkpoint.read_bytes() != weights  # the accuracy recorded in its metadata
     with pytest.raises(ValueError, match="no saved state to evaluate"):
         runs.evaluate_now(run)  # finished: evaluated already
+
+
+class Unreachable(launchers.LocalProcesses):
+    """A launcher whose cluster does not answer: dispatch keeps the run queued, and no process starts."""
+
+    def launch(self, run_dir, command, environment, log, threads):
+        raise OSError("the cluster does not answer")
+
+
+def stopped_run(root: Path) -> runs.Run:
+    """A run stopped after its first iteration, with its saved state: one that can be resumed or evaluated."""
+    run = run_folder(root, "stopped", metrics=[record(1)], checkpoint=b"weights")
+    (run.path / runs.STOP_REQUESTED).write_text("")
+    (run.path / TRAINING_STATE).write_bytes(b"state")
+    return run
+
+
+@pytest.mark.parametrize("action", [runs.resume, runs.evaluate_now])
+def test_two_sessions_pressing_resume_or_evaluate_at_once_queue_the_run_once(tmp_path, monkeypatch, action):
+    """Both sessions read the status before either queues, where nothing keeps them apart; the queue lock
+    does: the second one reads the run queued, and is refused."""
+    monkeypatch.setattr(launchers, "launcher", Unreachable)
+    run = stopped_run(tmp_path)
+    read_status, both_read = runs.Run.status, threading.Barrier(2, timeout=0.5)
+
+    def status_then_wait(self):
+        status = read_status(self)
+        try:
+            both_read.wait()
+        except threading.BrokenBarrierError:  # the other session waits for the lock, not here
+            pass
+        return status
+
+    monkeypatch.setattr(runs.Run, "status", status_then_wait)
+    outcomes = outcomes_at_once(lambda: action(runs.Run(run.path)))
+    assert sum(outcome is None for outcome in outcomes) == 1, outcomes
+    [refused] = [outcome for outcome in outcomes if outcome is not None]
+    assert isinstance(refused, ValueError), refused
+    assert read_status(run) == runs.QUEUED
+
+
+def test_stop_pressed_while_dispatch_starts_the_run_stops_it(tmp_path, monkeypatch):
+    """Leave the queue (or Stop), pressed while dispatch starts the run, waits for the start, then signals the
+    process: else stop_requested would be written, the process started unsignalled, and nobody could stop it."""
+    stopped, stoppers = [], []
+
+    class StoppedWhileStarting(launchers.LocalProcesses):
+        def launch(self, run_dir, command, environment, log, threads):
+            stopper = threading.Thread(target=runs.stop, args=(runs.Run(run_dir),))
+            stopper.start()
+            stopper.join(timeout=0.5)  # done by now, unless it waits for this start to end
+            stoppers.append(stopper)
+            return {"pid": 12345}  # no process: this launcher watches and stops it
+
+        def is_alive(self, launch, run_dir):
+            return run_dir not in stopped
+
+        def stop(self, launch, run_dir):
+            stopped.append(run_dir)
+
+    monkeypatch.setattr(launchers, "launcher", StoppedWhileStarting)
+    monkeypatch.setattr(launchers, "launcher_of", lambda launch: StoppedWhileStarting())
+    run = run_folder(tmp_path, "queued", launch=json.dumps({"started": 1.0, "config": Config(iterations=6).to_dict(),
+                                                            "arguments": []}))
+    assert runs.dispatch(tmp_path) == [run]
+    [stopper] = stoppers
+    stopper.join()
+    assert stopped == [run.path] and run.status() == runs.STOPPED
+
+
+def test_stopping_a_run_deleted_since_the_page_showed_it_does_nothing(tmp_path):
+    run = run_folder(tmp_path, "deleted", metrics=[record(1)])
+    shutil.rmtree(run.path)
+    runs.stop(run)
+    assert not run.path.exists()

@@ -1,0 +1,115 @@
+"""Run folders damaged by a crash, a disk error or a hand edit (fewshot/runs.py): what cannot be read counts as
+missing, and the Train and Compare pages go on showing every other run, without a traceback."""
+
+import json
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from fake_runs import record, run_folder
+from fewshot import runs
+from fewshot.config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+TOO_DEEP = "[" * 100_000  # json's parser raises RecursionError, not a ValueError
+EVALUATION = {"split": "lake/test", "accuracy": 0.9, "ci95": 0.01, "tasks": 600, "inner_steps": 3, "ways": 5,
+              "shots": 1}
+BAD_EVALUATIONS = {"not UTF-8": b"\xff", "a list": b"[1]", "other keys": b'{"a": 1}', "too deep": TOO_DEEP.encode(),
+                   **{f"{name} {value!r}": json.dumps({**EVALUATION, name: value}).encode() for name, value in
+                      (("accuracy", "x"), ("ci95", None), ("ways", 5.0), ("shots", True), ("split", 5))}}
+
+
+@pytest.fixture(autouse=True)
+def run_folders(tmp_path, monkeypatch):
+    """Runs and kept checkpoints in temporary folders, so that the pages list only the runs a test made."""
+    monkeypatch.setenv("FEWSHOT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FEWSHOT_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    return tmp_path / "runs"
+
+
+def test_json_nested_too_deep_counts_as_unreadable(run_folders):
+    config = Config(iterations=6).to_dict()
+    deep_launch = run_folder(run_folders, "deep-launch", launch=TOO_DEEP)
+    (deep_launch.path / "config.json").write_text(json.dumps(config))  # listed, as one started from the command line
+    run_folder(run_folders, "deep-launch-only", launch=TOO_DEEP)  # nothing readable: left out
+    deep_config = run_folder(run_folders, "deep-config", launch=json.dumps({"config": config}))
+    (deep_config.path / "config.json").write_text(TOO_DEEP)  # being written, say: the launch's config stands in
+    deep_line = run_folder(run_folders, "deep-line", metrics=[record(1), TOO_DEEP, record(2)])
+    assert set(runs.list_runs(run_folders)) == {deep_launch, deep_config, deep_line}
+    assert deep_launch.launch() == {} and deep_config.config().to_dict() == config
+    assert [r["iteration"] for r in deep_line.metrics()] == [1, 2] and deep_line.unreadable_lines() == 1
+    assert runs.dispatch(run_folders) == []
+
+
+@pytest.mark.parametrize("damage", BAD_EVALUATIONS)
+def test_an_evaluation_json_without_what_training_writes_is_no_evaluation(run_folders, damage):
+    run = run_folder(run_folders, "run", metrics=[record(6)], checkpoint=b"weights")
+    (run.path / "evaluation.json").write_bytes(BAD_EVALUATIONS[damage])
+    assert run.evaluation() is None and runs.summary(run)["test_accuracy"] is None
+    (run.path / "evaluation.json").write_text(json.dumps(EVALUATION))
+    assert run.evaluation() == EVALUATION
+
+
+def test_the_shipped_runs_evaluations_are_read():
+    shipped = sorted((REPO / "checkpoints" / "runs").glob("*/evaluation.json"))
+    assert shipped
+    for path in shipped:
+        assert runs.Run(path.parent).evaluation() == json.loads(path.read_text()), path
+
+
+def deep_launch(root):
+    run_folder(root, "good", metrics=[record(1)])
+    run_folder(root, "damaged", launch=TOO_DEEP)
+
+
+def deep_config(root):
+    run_folder(root, "good", metrics=[record(1)])
+    damaged = run_folder(root, "damaged", launch='{"started": 1.0}')
+    (damaged.path / "config.json").write_text(TOO_DEEP)
+
+
+def evaluation(text: bytes):
+    def build(root):
+        damaged = run_folder(root, "damaged", metrics=[record(1), record(6)], checkpoint=b"weights")
+        (damaged.path / "evaluation.json").write_bytes(text)
+    return build
+
+
+DAMAGES = {"deep launch.json": deep_launch, "deep config.json": deep_config,
+           "deep metrics line": lambda root: run_folder(root, "damaged", metrics=[record(1), TOO_DEEP]),
+           "negative iteration": lambda root: run_folder(root, "damaged", metrics=[record(1) | {"iteration": -5}]),
+           **{f"evaluation.json {damage}": evaluation(text) for damage, text in BAD_EVALUATIONS.items()}}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_the_train_and_compare_pages_show_the_runs_despite_a_damaged_one(run_folders, damage):
+    DAMAGES[damage](run_folders)
+    for page in ("train", "compare"):
+        app = AppTest.from_file(str(REPO / "pages" / f"{page}.py"), default_timeout=30)
+        if page == "compare":
+            app.session_state["compare_runs_menu"] = [run.name for run in runs.list_runs(run_folders)]
+        app.run()
+        assert not app.exception, (page, app.exception)
+        assert app.get("progress") or app.dataframe  # a run is shown
+
+
+def test_the_train_page_reads_a_checkpoint_when_it_is_downloaded_only(run_folders, monkeypatch):
+    """Each redraw of the page, for each session, would hold the whole file (400 MB, for a large model) in memory;
+    Streamlit calls the button's data when it is pressed."""
+    run = run_folder(run_folders, "stopped", metrics=[record(1)], checkpoint=b"weights")
+    (run.path / runs.STOP_REQUESTED).write_text("")
+    offered, download_button = [], st.download_button
+
+    def recorded(label, data, **options):
+        offered.append(data)
+        return download_button(label, data, **options)
+
+    monkeypatch.setattr(st, "download_button", recorded)
+    app = AppTest.from_file(str(REPO / "pages" / "train.py"), default_timeout=30).run()
+    assert not app.exception
+    [button] = app.get("download_button")
+    [data] = offered
+    assert callable(data) and button.proto.deferred_file_id and not button.proto.url
+    assert data() == b"weights"
