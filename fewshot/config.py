@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import stat
 import math
 import os
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from .omniglot import DRAWINGS_PER_CHARACTER
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_SEED = 2**32 - 1  # torch takes seeds below 2**64; training's task seeds are seed * 1,000,000 + iteration
+MAX_JSON_BYTES = 1 << 20  # a run's configuration, launch and evaluation files are a few KB: read_json refuses more
 # What a resumed run keeps: its model's shape, and the tasks it meta-trains and is tested on; whether it learns its
 # inner learning rates, which it saves with its weights, and whether its batch norm has a scale and shift per
 # inner step (with either, its inner steps too: one rate, or one row, per step). The rest (the learning rates, the
@@ -162,8 +164,12 @@ class Config:
 
 
 def read_json(path: Path):
-    """The JSON value the file at `path` holds. json.JSONDecodeError (a ValueError) also for one nested too deep for
-    json's parser, which raises RecursionError: a damaged file in a run's folder must not break the pages."""
+    """The JSON value the file at `path` holds. json.JSONDecodeError (a ValueError) also for what a damaged or
+    hand-edited file in a run's folder may be, which must not break the pages: no regular file (reading a FIFO
+    waits forever), over MAX_JSON_BYTES, or nested too deep for json's parser (which raises RecursionError)."""
+    status = Path(path).stat()
+    if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_JSON_BYTES:
+        raise json.JSONDecodeError(f"not a regular file of at most {MAX_JSON_BYTES} bytes", "", 0)
     text = Path(path).read_text()
     try:
         return json.loads(text)

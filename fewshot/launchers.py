@@ -69,9 +69,11 @@ def process_alive(pid: int, run_dir: Path) -> bool:
     except PermissionError:  # the id now belongs to another user's process
         return False
     cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists():  # on Linux, make sure the id was not reused by another process
+    if cmdline.exists():  # on Linux, make sure the id was not reused by another process: its --run-dir is this run's
         try:
-            return run_dir.name.encode() in cmdline.read_bytes()
+            arguments = cmdline.read_bytes().split(b"\0")
         except OSError:
             return False
+        return any(flag == b"--run-dir" and Path(os.fsdecode(value)).name == run_dir.name
+                   for flag, value in zip(arguments, arguments[1:]))
     return True

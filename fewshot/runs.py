@@ -475,7 +475,7 @@ def _launch(run: Run) -> None:
     and records what the launcher needs to find it again in launch.json."""
     launch = run.launch()
     command = [sys.executable, "-m", "fewshot", "train", "--run-dir", str(run.path)] + launch["arguments"]
-    threads = str(launch.get("threads", 1))
+    threads = str(min(launch.get("threads", 1), limits.threads_per_run()))  # a hand-edited launch.json's too
     environment = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
                        TQDM_MININTERVAL="10")  # the log gets a progress line every 10 s, not every iteration
     found = launchers.launcher().launch(run.path, command, environment, run.path / LOG, int(threads))

@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fake_runs import record, run_folder
-from fewshot import launchers, metrics, runs
+from fewshot import launchers, limits, metrics, runs
 from fewshot.checkpoints import load_checkpoint
 from fewshot.cli import add_config_options, config_from_args
 from fewshot.config import Config
@@ -94,6 +95,21 @@ def test_a_dead_or_reused_process_id_is_not_a_running_run_but_an_interrupted_one
         assert run.status() == runs.INTERRUPTED and run.error() is None
         (run_dir / ENDED).write_text("")  # the process said it ended: an error it did not survive
         assert run.status() == runs.FAILED
+
+
+def test_a_process_is_a_runs_training_when_its_run_dir_is_that_run_not_when_its_command_line_holds_the_name(tmp_path):
+    """After a reboot a stale pid can be any process: Stop would signal it. "maml-1022" is in "maml-1022-2", and
+    "run" in "streamlit run app.py"."""
+    command = [sys.executable, "-c", "import time; time.sleep(60)", "run", "--run-dir", str(tmp_path / "maml-1022-2")]
+    starter = f"import subprocess as s; print(s.Popen({command!r}, stdout=s.DEVNULL, stderr=s.DEVNULL).pid)"
+    pid = int(subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True).stdout)  # not this
+    # process' child, as after a restart of the server
+    try:
+        assert launchers.process_alive(pid, tmp_path / "maml-1022-2")
+        assert not launchers.process_alive(pid, tmp_path / "maml-1022")
+        assert not launchers.process_alive(pid, tmp_path / "run")
+    finally:
+        os.kill(pid, signal.SIGKILL)
 
 
 def test_a_killed_run_is_interrupted_and_resumes_from_its_last_saved_iteration(tmp_path, tiny_config):
@@ -400,6 +416,22 @@ class Unreachable(launchers.LocalProcesses):
 
     def launch(self, run_dir, command, environment, log, threads):
         raise OSError("the cluster does not answer")
+
+
+def test_a_hand_edited_launch_json_starts_no_more_threads_than_a_run_gets(tmp_path, monkeypatch):
+    threads = []
+
+    class Recording(Unreachable):
+        def launch(self, run_dir, command, environment, log, threads_asked):
+            threads.append((environment["OMP_NUM_THREADS"], threads_asked))
+            return super().launch(run_dir, command, environment, log, threads_asked)
+
+    monkeypatch.setattr(launchers, "launcher", Recording)
+    launch = {"pid": None, "started": 0.0, "queued": 1.0, "arguments": [], "threads": 10**6,
+              "config": Config(iterations=6).to_dict()}
+    run_folder(tmp_path, "edited", launch=json.dumps(launch))
+    runs.dispatch(tmp_path)
+    assert threads == [(str(limits.threads_per_run()), limits.threads_per_run())]
 
 
 def stopped_run(root: Path) -> runs.Run:

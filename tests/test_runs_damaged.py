@@ -2,6 +2,8 @@
 missing, and the Train and Compare pages go on showing every other run, without a traceback."""
 
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from fake_runs import record, run_folder
 from fewshot import runs
-from fewshot.config import Config
+from fewshot.config import MAX_JSON_BYTES, Config
 
 REPO = Path(__file__).resolve().parents[1]
 TOO_DEEP = "[" * 100_000  # json's parser raises RecursionError, not a ValueError
@@ -41,6 +43,19 @@ def test_json_nested_too_deep_counts_as_unreadable(run_folders):
     assert deep_launch.launch() == {} and deep_config.config().to_dict() == config
     assert [r["iteration"] for r in deep_line.metrics()] == [1, 2] and deep_line.unreadable_lines() == 1
     assert runs.dispatch(run_folders) == []
+
+
+def test_a_launch_json_that_is_a_fifo_or_huge_counts_as_unreadable_and_blocks_no_reader(run_folders):
+    """Reading a FIFO waits for a writer forever: list_runs, and dispatch under the queue lock, would hang."""
+    fifo = run_folder(run_folders, "fifo")
+    (fifo.path / "launch.json").unlink()
+    os.mkfifo(fifo.path / "launch.json")
+    huge = run_folder(run_folders, "huge", launch=json.dumps({"pad": "x" * MAX_JSON_BYTES}))
+    read = threading.Thread(target=lambda: (fifo.launch(), runs.list_runs(run_folders)), daemon=True)
+    read.start()
+    read.join(timeout=10)
+    assert not read.is_alive(), "reading a FIFO launch.json hangs"
+    assert fifo.launch() == {} and huge.launch() == {}
 
 
 @pytest.mark.parametrize("damage", BAD_EVALUATIONS)
