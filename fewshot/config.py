@@ -168,9 +168,11 @@ def read_json(path: Path):
     hand-edited file in a run's folder may be, which must not break the pages: no regular file (reading a FIFO
     waits forever), over MAX_JSON_BYTES, or nested too deep for json's parser (which raises RecursionError)."""
     status = Path(path).stat()
-    if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_JSON_BYTES:
-        raise json.JSONDecodeError(f"not a regular file of at most {MAX_JSON_BYTES} bytes", "", 0)
-    text = Path(path).read_text()
+    if not (stat.S_ISREG(status.st_mode) or stat.S_ISDIR(status.st_mode)):  # a FIFO, a device: a read may not end
+        raise json.JSONDecodeError("not a regular file", "", 0)
+    if status.st_size > MAX_JSON_BYTES:
+        raise json.JSONDecodeError(f"over {MAX_JSON_BYTES} bytes", "", 0)
+    text = Path(path).read_text()  # a folder: IsADirectoryError, an OSError like any unreadable file
     try:
         return json.loads(text)
     except RecursionError:
