@@ -50,7 +50,7 @@ CPU_IMAGES_AT_ONCE = 240  # a conv net's group of tasks on a CPU: about this man
 # kept as training keeps it): 5-way 1-shot (30 drawings a task) was fastest at 8, 4 at 0.96 of its speed; 5-shot
 # (50) and 20-way 1-shot (120) were within 5 % of their fastest from 2 to 16 tasks, and 4 and 2 held a half and a
 # quarter of 8's memory; at 32 and 128 channels the group that this rule picks was within 5 % of the fastest. Tuned
-# for one thread, as the app trains: two threads want larger groups (5-shot's 4 tasks at 1.10-1.13 of 8's time,
+# for one thread, as the app trains: two threads want larger groups (5-shot's 4 tasks at 1.07-1.10 of 8's time,
 # 20-way's 2 at 1.03-1.10 of 4's), a price paid for the memory.
 CPU_TASKS_AT_ONCE = 8  # an fc net's group on a CPU, whose layers' outputs are small: within 17 % of the fastest of 2, 8
 # and 32 tasks, with a third of 32's memory
