@@ -212,6 +212,9 @@ def maml_plus_plus_problems(config: Config) -> dict:
     if config.engine == "learn2learn" and (config.multi_step_loss or config.learned_inner_lr):
         problems["engine"] = ("the multi-step loss and learned inner learning rates need engine fewshot; the "
                               "notebook's learn2learn loop has neither")
+    if config.multi_step_loss and config.inner_steps == 0:
+        problems["multi_step_loss"] = ("multi_step_loss sums the query loss after every inner step: it needs "
+                                       "inner_steps of 1 or more")
     if config.learned_inner_lr and config.inner_steps == 0:
         problems["learned_inner_lr"] = ("learned_inner_lr learns one rate per inner step: it needs inner_steps of "
                                         "1 or more")

@@ -168,9 +168,10 @@ def _train(config: Config, run_dir: Path, resume: bool, stop, should_stop, on_re
     baseline_mb = reset_peak_memory()  # the process before its first meta-update: data, model, libraries
 
     records, iteration = [], start
-    bar = tqdm(total=config.iterations, initial=start, desc=f"{config.algorithm} {config.ways}w{config.shots}s",
-               unit="it", disable=not progress)
-    with open(run_dir / METRICS, "a") as metrics_file:
+    # The bar closes on an error too, before the traceback is printed: drawn at exit instead, its line would end
+    # the log, whose last line the pages show as why a run failed.
+    with tqdm(total=config.iterations, initial=start, desc=f"{config.algorithm} {config.ways}w{config.shots}s",
+              unit="it", disable=not progress) as bar, open(run_dir / METRICS, "a") as metrics_file:
         while iteration < config.iterations and not (stop.is_set() or (should_stop and should_stop())):
             iteration += 1
             tick = time.perf_counter()
@@ -208,7 +209,6 @@ def _train(config: Config, run_dir: Path, resume: bool, stop, should_stop, on_re
             bar.update(1)  # redraws at most every `mininterval` seconds (the app's runs: TQDM_MININTERVAL)
             if on_record:
                 on_record(record)
-    bar.close()
     with saver.lock:
         saver.save()
     if iteration == config.iterations and config.test_tasks and not stop.is_set():
@@ -273,11 +273,10 @@ def finish(run_dir: Path, model, config: Config, test_sampler: TaskSampler, prog
     """Evaluates on the test split, records the accuracy in the checkpoint and writes evaluation.json
     (both under `lock`, so that a stop ending the process writes both or neither). `inner_lr`: the run's learned
     inner learning rates, if it has them (default: config.inner_lr)."""
-    bar = tqdm(total=config.test_tasks, desc="test tasks", disable=not progress)
     inner_lr = config.inner_lr if inner_lr is None else inner_lr
-    result = evaluate(model, test_sampler, inner_lr, config.test_inner_steps, config.test_tasks,
-                      on_progress=lambda done, total: bar.update(done - bar.n))
-    bar.close()
+    with tqdm(total=config.test_tasks, desc="test tasks", disable=not progress) as bar:
+        result = evaluate(model, test_sampler, inner_lr, config.test_inner_steps, config.test_tasks,
+                          on_progress=lambda done, total: bar.update(done - bar.n))
     summary = {"split": f"{config.split}/test", **result.to_dict()}
     with lock or nullcontext():
         record_accuracy(run_dir / CHECKPOINT, summary)

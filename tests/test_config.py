@@ -34,6 +34,8 @@ def test_every_bad_field_is_named_in_one_message():
                                                        "engine fewshot; the notebook's learn2learn loop has neither"),
     ({"learned_inner_lr": True, "inner_steps": 0}, "learned_inner_lr learns one rate per inner step: it needs "
                                                    "inner_steps of 1 or more"),
+    ({"multi_step_loss": 100, "inner_steps": 0}, "multi_step_loss sums the query loss after every inner step: it "
+                                                 "needs inner_steps of 1 or more"),
 ])
 def test_bad_values_are_refused(values, message):
     with pytest.raises(ValueError) as error:

@@ -82,6 +82,20 @@ def test_a_failed_run_says_why(tmp_path, tiny_config, monkeypatch):
     assert run.error().startswith("error: 1000 ways need at least 1000 classes")
 
 
+def test_a_run_that_fails_in_its_loop_says_why_not_where_its_progress_bar_was(tmp_path, data_root):
+    """The bar, left open by the exception, drew its line after the traceback, at exit: the pages showed that."""
+    code = ("import sys, fewshot.maml\n"
+            "def boom(*args, **kwargs): raise RuntimeError('boom: the meta-gradient')\n"
+            "fewshot.maml.meta_backward = boom\n"
+            "from fewshot.cli import main\n"
+            "main(sys.argv[1:])\n")
+    with open(tmp_path / runs.LOG, "wb") as log:
+        subprocess.run([sys.executable, "-c", code, "train", "--run-dir", str(tmp_path), "--data-root", data_root,
+                        "--channels", "8", "--blocks", "2", "--meta-batch", "2", "--iterations", "3"],
+                       stdout=log, stderr=subprocess.STDOUT, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert runs.Run(tmp_path).error() == "RuntimeError: boom: the meta-gradient"
+
+
 def test_a_dead_or_reused_process_id_is_not_a_running_run_but_an_interrupted_one(tmp_path, tiny_config):
     dead = subprocess.Popen(["true"])
     dead.wait()
