@@ -277,10 +277,13 @@ def training_memory_mb(records: list) -> float | None:
 
 
 def differences(a: Run, b: Run) -> list:
-    """What else than NOT_COMPARED differs between two runs' configurations: ['iterations 19538 / 9429', ...]."""
+    """What else than NOT_COMPARED differs between two runs' configurations: ['iterations 19538 / 9429', ...]. The
+    two runs of one comparison were started with one configuration: their iterations differ only where Evaluate
+    now cut each to those it had done."""
     first, second = a.config().to_dict(), b.config().to_dict()
+    ignored = NOT_COMPARED + (("iterations",) if a.comparison() and a.comparison() == b.comparison() else ())
     return [f"{name} {first[name]} / {second[name]}" for name in first
-            if name not in NOT_COMPARED and first[name] != second[name]]
+            if name not in ignored and first[name] != second[name]]
 
 
 def maml_and_fomaml(selected: list) -> tuple | None:

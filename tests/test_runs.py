@@ -370,6 +370,9 @@ def test_the_fair_pair_is_the_newest_maml_and_fomaml_trained_alike(tmp_path):
                            started=started, comparison="pair") for name, algorithm, started in
                 (("maml-c", "maml", 6), ("fomaml-c", "fomaml", 7))]
     assert runs.fair_pair(runs.list_runs(tmp_path)) == compared  # the two of one comparison, though older
+    for run, done in zip(compared, (6, 20)):  # Evaluate now: each resumed to the iterations it had done
+        (run.path / "config.json").write_text(json.dumps({**run.config().to_dict(), "iterations": done}))
+    assert runs.differences(*compared) == [] and runs.fair_pair(runs.list_runs(tmp_path)) == compared
     assert runs.maml_and_fomaml(newer[::-1]) == tuple(newer) and runs.maml_and_fomaml(older + newer) is None
 
 
