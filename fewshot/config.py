@@ -2,9 +2,9 @@
 
 import dataclasses
 import json
-import stat
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 

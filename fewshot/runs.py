@@ -281,7 +281,8 @@ def differences(a: Run, b: Run) -> list:
     two runs of one comparison were started with one configuration: their iterations differ only where Evaluate
     now cut each to those it had done."""
     first, second = a.config().to_dict(), b.config().to_dict()
-    ignored = NOT_COMPARED + (("iterations",) if a.comparison() and a.comparison() == b.comparison() else ())
+    comparison = a.comparison()
+    ignored = NOT_COMPARED + (("iterations",) if comparison and comparison == b.comparison() else ())
     return [f"{name} {first[name]} / {second[name]}" for name in first
             if name not in ignored and first[name] != second[name]]
 
