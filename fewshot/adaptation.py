@@ -49,8 +49,11 @@ UNFAMILIAR = 0.5
 # torch.func.functional_call puts `params` in the module's place for the call, and the module's own weights back
 # after it. The pages' browser sessions share one model per checkpoint (st.cache_resource), each in a thread of
 # the server: two calls at once computed with each other's weights, raised, and left the model's weights
-# changed for good (a load test of 8 sessions). So one call at a time uses a model.
-MODEL_IN_USE = threading.RLock()
+# changed for good (a load test of 8 sessions). So one computation at a time uses the models, which also bounds
+# the memory and the threads of a class adapting at once. A turn is one inner step, not a whole adaptation: 50
+# steps of 20 classes of 5 drawings on the largest model the app trains (256 x 6) take about 11 s, which every
+# other session waited for; between two of its steps, the others take theirs (scripts/shared_model_latency.py).
+MODEL_IN_USE = threading.Lock()
 
 
 def one_at_a_time(function):
@@ -82,7 +85,6 @@ def ways_of(model: torch.nn.Module) -> int:
     return model.classifier.out_features
 
 
-@one_at_a_time
 def adapt_and_classify(model, support_x: torch.Tensor, support_y: torch.Tensor, inner_lr, steps: int,
                        query_x: torch.Tensor | None = None) -> Adaptation:
     """`steps` inner-loop steps on one task's support set ([examples, 1, 28, 28] ink, labels 0..ways-1),
@@ -99,17 +101,20 @@ def adapt_and_classify(model, support_x: torch.Tensor, support_y: torch.Tensor, 
         logits = functional_call(model, params, (inputs, supports), {"step": step})
         return F.cross_entropy(logits[:supports], support_y), logits
 
-    params = {name: p.detach().requires_grad_() for name, p in model.named_parameters()}
+    with MODEL_IN_USE:  # between two turns, another session's step may have its weights in the model's place
+        params = {name: p.detach().requires_grad_() for name, p in model.named_parameters()}
     losses, accuracies, query_probabilities = [], [], []
     for step in range(steps + 1):
-        with torch.set_grad_enabled(step < steps):  # the same forward gives this step's metrics and the queries'
+        # One forward gives this step's metrics and the queries' probabilities; a turn of the model per step.
+        with MODEL_IN_USE, torch.set_grad_enabled(step < steps):
             loss, logits = support_loss(params, min(step, last_step(steps)))
+            if step < steps:  # Eq. 1, first order: plain autograd, faster here than torch.func's transforms
+                grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
         losses.append(loss.item())
         accuracies.append((logits[:supports].argmax(-1) == support_y).float().mean().item())
         if step in (0, steps):
             query_probabilities.append(logits[supports:].detach().softmax(-1))
-        if step < steps:  # Eq. 1, first order: plain autograd, faster here than torch.func's transforms
-            grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+        if step < steps:
             params = {name: (params[name] - step_size(inner_lr, name, step) * grads[name]).detach().requires_grad_()
                       for name in params}
     if not all(map(math.isfinite, losses)) or not all(p.isfinite().all() for p in query_probabilities):

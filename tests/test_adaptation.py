@@ -3,6 +3,7 @@
 import copy
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,24 @@ def test_sessions_adapting_one_shared_model_at_once_get_their_own_answers_and_le
 
     assert outcomes_at_once(session, threads=4) == [True] * 4  # not an exception, nor another session's answer
     assert all(torch.equal(value, weights[name]) for name, value in shared.state_dict().items())
+
+
+def test_a_short_adaptation_takes_turns_with_a_long_one_rather_than_waiting_for_its_end(drawn_task):
+    """A class shares the model a step at a time: a session's 1-step adaptation does not wait for the end of
+    another session's 200 steps (with a lock per adaptation it did: the largest model took 11 s)."""
+    torch.manual_seed(0)
+    shared = build_model("conv", ways=5, channels=32, blocks=4)
+    support_x, support_y, _ = drawn_task
+    stepping = threading.Event()
+    shared.classifier.register_forward_hook(lambda *_: stepping.set())
+    long = threading.Thread(target=adapt_and_classify, args=(shared, support_x, support_y, 0.01, 200))
+    long.start()
+    stepping.wait()
+    short = adapt_and_classify(shared, support_x, support_y, 0.4, 1)
+    still_adapting = long.is_alive()
+    long.join()
+    assert still_adapting
+    assert len(short.support_loss) == 2
 
 
 def test_support_sets_with_another_number_of_classes_are_refused(model, drawn_task):
