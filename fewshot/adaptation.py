@@ -214,7 +214,7 @@ def describe_checkpoint(name: str, metadata: dict) -> str:
     parts = [f"{str(metadata['algorithm']).upper()}, {metadata['backbone']} backbone, meta-trained for {history}"]
     accuracy = metadata.get("accuracy")
     for task, result in (accuracy.items() if isinstance(accuracy, dict) else ()):
-        if isinstance(result, dict) and isinstance(result.get("accuracy"), float):
+        if isinstance(result, dict) and isinstance(result.get("accuracy"), float) and 0 <= result["accuracy"] <= 1:
             parts.append(f"test accuracy {result['accuracy']:.0%} ({task})")
     return " · ".join(parts)
 

@@ -267,6 +267,9 @@ def test_a_shipped_checkpoint_is_described_with_its_whole_training():
     assert "120 iterations of 5-way 1-shot" in describe_checkpoint(DEFAULT_CHECKPOINT, other)
     metadata["accuracy"] = {"5w1s": {"accuracy": 0.9717}}
     assert describe_checkpoint("mine.safetensors", metadata).endswith("test accuracy 97% (5w1s)")
+    for nonsense in (float("inf"), float("nan"), 1.5, -0.1):  # a JSON of 1e400, NaN, ... edited by hand
+        metadata["accuracy"] = {"5w1s": {"accuracy": nonsense}}
+        assert "test accuracy" not in describe_checkpoint("mine.safetensors", metadata)
 
 
 def test_a_query_identical_to_a_support_drawing_has_novelty_zero(model, drawn_task):
