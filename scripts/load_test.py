@@ -24,7 +24,8 @@ limit or a run still trained after the stop. Speed is reported, not judged.
 
 --nice 19 runs the browser (and this script's sessions) at the lowest priority: in a class the browsers run on
 the students' machines, not on the server's cores. The CPU seconds printed say how much of the machine they took
-(30 sessions on 2 cores: the browser 69 %, the server 6 %).
+(30 sessions on 2 cores: the browser 69 %, the server 6 %); scripts/browser_cost.py says what each action of one
+session costs the browser and the server.
 """
 
 import argparse
