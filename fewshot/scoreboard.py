@@ -3,9 +3,11 @@ session of the server, in one SQLite file, so that the teacher can show the room
 model's, level by level.
 
 Many sessions write at once, and SQLite lets one writer in at a time. In WAL mode readers go on while it
-writes; each connection waits up to BUSY_TIMEOUT_S for the lock; and a write that still finds it taken is
-tried again, RETRIES times: a busy moment loses no answer. A write takes the lock first thing (BEGIN
-IMMEDIATE), so the rows it counts against the limits stay counted right until it inserts.
+writes; a write waits for the lock, and is tried again (RETRIES times) where SQLite says busy without
+waiting: a busy moment loses no answer. All the tries of one read or write wait BUSY_TIMEOUT_S in all,
+so that a lock held for long (another program's) holds a student's click that long, no longer. A write
+takes the lock first thing (BEGIN IMMEDIATE), so the rows it counts against the limits stay counted right
+until it inserts.
 
 Stored per answer: the level, the seed, task and query numbers, the student's, the model's and the right
 class, an optional nickname, an anonymous id of the browser session, and the time. Nothing else about anyone.
@@ -19,15 +21,15 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from .challenge import Level
+from .challenge import WAYS, Level
 from .runs import runs_root
 
 DB_FILE = "challenge.sqlite3"  # beside the runs; runs.list_runs looks only at folders
 MAX_ROWS = 200_000  # about 20 MB. A class of 40 answering every 6 s for an hour gives 24,000
 MAX_SESSION_ANSWERS = 1_000  # 200 tasks: hours of play for one browser session
 MAX_NICKNAME = 20  # characters
-BUSY_TIMEOUT_S = 10  # how long a connection waits for another's write
-RETRIES = 5  # writes tried again after the busy timeout
+BUSY_TIMEOUT_S = 10  # how long a read or write waits in all for another's write
+RETRIES = 5  # tries again within that time
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS answers (
     id INTEGER PRIMARY KEY,
@@ -45,8 +47,9 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS answers (
     UNIQUE (session, ways, one_alphabet, seed, task, query))"""  # a session answers each query once
 INSERT = """INSERT OR IGNORE INTO answers (ways, one_alphabet, seed, task, query, student, model, truth, nickname,
     session, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
-STANDINGS = """SELECT ways, one_alphabet, count(DISTINCT session), count(*), sum(student = truth), sum(model = truth)
-    FROM answers GROUP BY ways, one_alphabet ORDER BY one_alphabet, ways"""
+STANDINGS = f"""SELECT ways, one_alphabet, count(DISTINCT session), count(*), sum(student = truth), sum(model = truth)
+    FROM answers WHERE ways IN ({", ".join(map(str, WAYS))}) AND one_alphabet IN (0, 1)
+    GROUP BY ways, one_alphabet ORDER BY one_alphabet, ways"""  # the challenge's levels, whatever else the file holds
 
 
 class ScoreboardError(Exception):
@@ -129,18 +132,20 @@ class Scoreboard:
 
     def _retrying(self, work):
         """`work(connection)`, tried again while the database stays busy; ScoreboardError for any other
-        failure, or after RETRIES tries."""
+        failure, or after RETRIES tries, or BUSY_TIMEOUT_S."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
         for attempt in range(RETRIES + 1):
             try:
-                db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                db = sqlite3.connect(self.path, timeout=max(deadline - time.monotonic(), 0), isolation_level=None)
                 try:
                     return work(db)
                 finally:
                     db.close()
             except sqlite3.OperationalError as error:
-                if not _busy(error) or attempt == RETRIES:
+                pause = 0.05 * 2 ** attempt
+                if not _busy(error) or attempt == RETRIES or time.monotonic() + pause >= deadline:
                     raise ScoreboardError(f"{self.path}: {error}") from None
-                time.sleep(0.05 * 2 ** attempt)
+                time.sleep(pause)
             except sqlite3.Error as error:  # not a database, corrupt, read-only, ...
                 raise ScoreboardError(f"{self.path}: {error}") from None
 

@@ -13,7 +13,7 @@ import streamlit as st
 
 import app_ui as ui
 from fewshot import challenge, runs, scoreboard
-from fewshot.adaptation import idle_threads
+from fewshot.adaptation import idle_threads, ways_of
 from fewshot.checkpoints import CheckpointError, load_checkpoint
 from fewshot.config import Config
 from fewshot.omniglot import DatasetNotFound
@@ -196,6 +196,10 @@ except OSError:
     st.stop()
 except CheckpointError as error:
     st.error(f"Cannot use the {level.ways}-way model: {error}", icon=":material/error:")
+    st.stop()
+if ways_of(model) != level.ways:  # another model copied over the file: it could not answer these tasks
+    st.error(f"Cannot use the {level.ways}-way model: {path.name} tells {ways_of(model)} classes apart, not "
+             f"{level.ways}.", icon=":material/error:")
     st.stop()
 board = open_scoreboard()
 if "challenge_unsaved" in state:

@@ -165,3 +165,17 @@ def test_two_clicks_on_one_drawn_page_answer_one_query(folders):
     app.run()
     assert "**Query 2 of 5**" in texts(app, "markdown")
     assert app.session_state["challenge_given"] == [1]
+
+
+def test_a_model_of_other_ways_is_one_line_before_any_answer(folders):
+    """A 20-way model in the 5-way model's file: the page says so and stops, rather than failing with a traceback at
+    the model's turn and on every run after it."""
+    shutil.copyfile(REPO / "checkpoints" / challenge.MODEL_FILES[20], folders / "checkpoints" / challenge.MODEL_FILES[5])
+    app = open_challenge_page()
+    assert texts(app, "error") == (f"Cannot use the 5-way model: {challenge.MODEL_FILES[5]} tells 20 classes apart, "
+                                   "not 5.")
+    assert not [b for b in app.button if b.key.startswith("challenge_class_")]
+    app.radio(key="challenge_ways").set_value(20).run()  # the other level's model is fine
+    assert not app.exception and not app.error
+    play(app, [0] * challenge.QUERIES)
+    assert "So far at 20-way: you" in texts(app, "markdown")

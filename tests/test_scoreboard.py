@@ -82,6 +82,43 @@ def test_a_file_that_is_no_scoreboard_is_a_one_line_error(tmp_path, make, messag
     assert str(error.value) == f"{path}: {message}"
 
 
+def test_standings_are_of_the_challenge_levels_only_whatever_the_file_holds(tmp_path):
+    """Rows written by another program (the file is the server's, not the page's): a level that is no challenge level
+    would be a row of the room's table, which renders Markdown, and there could be millions of them."""
+    board = Scoreboard(tmp_path / "board.sqlite3")
+    board.record(task_answers(FIVE, 1, 1, [0, 1], [0, 0], [0, 1]), "s1")
+    others = ["[click me](https://example.com) **5**", 3, 20.5] + list(range(1000, 1100))
+    with sqlite3.connect(board.path) as db:
+        db.executemany(scoreboard.INSERT, [(ways, 0, 1, 1, 1, 0, 0, 0, None, "s2", 0.0) for ways in others] +
+                       [(5, one_alphabet, 1, 1, 1, 0, 0, 0, None, "s2", 0.0) for one_alphabet in (2, "yes")])
+    assert board.standings() == [scoreboard.Standing(FIVE, players=1, answers=2, student_right=2, model_right=1)]
+
+
+def test_a_locked_scoreboard_is_waited_for_busy_timeout_s_in_all(tmp_path, monkeypatch):
+    """Another program holds the write lock (a teacher's SQLite browser with unsaved edits): a student's answers wait
+    for it BUSY_TIMEOUT_S in all, not that much again on each retry (a minute per click on the real settings)."""
+    monkeypatch.setattr(scoreboard, "BUSY_TIMEOUT_S", 0.2)
+    board = Scoreboard(tmp_path / "board.sqlite3")
+    holder = sqlite3.connect(board.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    waits = []  # the longest each connection may wait for the lock, and each pause between tries
+    connect, sleep = sqlite3.connect, time.sleep
+
+    def connect_noted(*args, timeout, **kwargs):
+        waits.append(timeout)
+        return connect(*args, timeout=timeout, **kwargs)
+
+    def sleep_noted(seconds):
+        waits.append(seconds)
+        sleep(seconds)
+    monkeypatch.setattr(sqlite3, "connect", connect_noted)
+    monkeypatch.setattr(time, "sleep", sleep_noted)
+    with pytest.raises(ScoreboardError, match="database is locked"):
+        board.record(task_answers(FIVE, 1, 1, [0], [0], [0]), "s1")
+    holder.close()
+    assert 0 < sum(waits) <= scoreboard.BUSY_TIMEOUT_S, waits
+
+
 def test_the_scoreboard_lives_beside_the_runs_unless_told_and_is_no_run(tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSHOT_RUNS", str(tmp_path / "runs"))
     monkeypatch.delenv("FEWSHOT_DB", raising=False)
