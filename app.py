@@ -24,6 +24,7 @@ pages = [st.Page("pages/home.py", title="Home", icon=":material/home:", default=
          st.Page("pages/draw.py", title="Draw", icon=":material/draw:"),
          st.Page("pages/challenge.py", title="Challenge", icon=":material/sports_esports:")]
 page = st.navigation(pages)
+ui.settings_checked()  # a bad FEWSHOT_* setting: said on every page, which then stops
 ui.queue_dispatcher(str(runs.runs_root()))  # starts queued runs as places free, from the first visit on
 st.session_state.page_before, st.session_state.page_now = st.session_state.get("page_now"), page.title
 page.run()

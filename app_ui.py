@@ -57,10 +57,27 @@ def may_manage() -> bool:
     return access.may_manage(has_key())
 
 
+def settings_checked() -> None:
+    """Where this server's environment holds a bad FEWSHOT_* setting (fewshot/limits.py, fewshot/access.py): says
+    so, one line each, and stops the page, so that no page runs with it and none meets it as a traceback.
+    app.py asks for it before every page."""
+    problems = limits.setting_problems()
+    try:
+        access.instructor_key()
+    except ValueError as error:
+        problems.append(str(error))
+    for problem in problems:
+        st.error(f"{problem}. The server's environment needs fixing: the instructor sets it right and restarts "
+                 "the server.", icon=":material/settings:")
+    if problems:
+        st.stop()
+
+
 def runs_page() -> None:
-    """What the pages that start and stop runs (Train, Compare) need first: the queue's dispatcher, and the
-    instructor key's field. They ask for these themselves: until some visitor's page has run app.py, a fresh
-    Streamlit server serves a page's file alone (its legacy pages/ mode)."""
+    """What the pages that start and stop runs (Train, Compare) need first: settings that work, the queue's
+    dispatcher, and the instructor key's field. They ask for these themselves: until some visitor's page has run
+    app.py, a fresh Streamlit server serves a page's file alone (its legacy pages/ mode)."""
+    settings_checked()
     queue_dispatcher(str(runs.runs_root()))
     instructor_sidebar()
 

@@ -3,6 +3,9 @@
 With FEWSHOT_INSTRUCTOR_KEY set, starting, resuming and deleting runs and keeping checkpoints need the key,
 entered once per browser session; a session without it may stop only the runs it started itself. Everyone
 may watch runs, draw, adapt and play. Unset (a teacher's own laptop), every session may do everything.
+Set but blank (spaces only, or nothing, as `FEWSHOT_INSTRUCTOR_KEY="$KEY"` gives with KEY unset), it is an error,
+which every page of the app shows instead of its content: a teacher who meant to set a key never gets an open
+server.
 """
 
 import hmac
@@ -10,8 +13,15 @@ import os
 
 
 def instructor_key() -> str | None:
-    """FEWSHOT_INSTRUCTOR_KEY, or None where the app is open to everyone."""
-    return os.environ.get("FEWSHOT_INSTRUCTOR_KEY", "").strip() or None
+    """FEWSHOT_INSTRUCTOR_KEY without its surrounding spaces, or None where it is unset and the app open to
+    everyone; ValueError where it is set but blank."""
+    key = os.environ.get("FEWSHOT_INSTRUCTOR_KEY")
+    if key is None:
+        return None
+    if not key.strip():
+        raise ValueError("FEWSHOT_INSTRUCTOR_KEY is set but blank: set it to a key, or unset it to open the app "
+                         "to everyone")
+    return key.strip()
 
 
 def is_right_key(entered: str) -> bool:

@@ -96,8 +96,6 @@ def evaluate_command(args) -> None:
         sys.exit("error: --record keeps test accuracy only; drop --characters val")
     if args.record and args.seed != TEST_SEED:
         sys.exit("error: --record keeps accuracy on the test tasks every model shares; drop --seed")
-    if args.record and args.tasks < 2:  # one task has no confidence interval: a NaN would make the file unreadable
-        sys.exit("error: --record needs --tasks of 2 or more, for a confidence interval")
     if args.record and args.within_alphabet:
         sys.exit("error: --record keeps accuracy on tasks of characters of all alphabets; drop --within-alphabet")
     model, metadata = load_checkpoint(Path(args.checkpoint))
@@ -125,7 +123,8 @@ def evaluate_command(args) -> None:
 def evaluation_problems(tasks: int, shots: int, queries: int, steps: int, seed: int) -> list[str]:
     """Why evaluate cannot measure these options, each in a phrase naming the option; [] when it can."""
     checks = [
-        (1 <= tasks <= MAX_TEST_TASKS, f"--tasks must be between 1 and {MAX_TEST_TASKS}, got {tasks}"),
+        (2 <= tasks <= MAX_TEST_TASKS,
+         f"--tasks must be between 2 (for a 95 % interval) and {MAX_TEST_TASKS}, got {tasks}"),
         (shots >= 1, f"--shots must be at least 1, got {shots}"),
         (queries >= 1, f"--queries must be at least 1, got {queries}"),
         (shots + queries <= DRAWINGS_PER_CHARACTER,
@@ -139,6 +138,8 @@ def evaluation_problems(tasks: int, shots: int, queries: int, steps: int, seed: 
 
 
 def bench_command(args) -> None:
+    if args.repeats < 1:  # the median of no timed iteration
+        sys.exit(f"error: --repeats must be at least 1, got {args.repeats}")
     import torch
     from .bench import bench
     config = config_from_args(args)

@@ -165,18 +165,39 @@ class Config:
 
 def read_json(path: Path):
     """The JSON value the file at `path` holds. json.JSONDecodeError (a ValueError) also for what a damaged or
-    hand-edited file in a run's folder may be, which must not break the pages: no regular file (reading a FIFO
-    waits forever), over MAX_JSON_BYTES, or nested too deep for json's parser (which raises RecursionError)."""
-    status = Path(path).stat()
-    if not (stat.S_ISREG(status.st_mode) or stat.S_ISDIR(status.st_mode)):  # a FIFO, a device: a read may not end
-        raise json.JSONDecodeError("not a regular file", "", 0)
-    if status.st_size > MAX_JSON_BYTES:
-        raise json.JSONDecodeError(f"over {MAX_JSON_BYTES} bytes", "", 0)
-    text = Path(path).read_text()  # a folder: IsADirectoryError, an OSError like any unreadable file
+    hand-edited file in a run's folder may be, which must not break the pages: no regular file or over
+    MAX_JSON_BYTES (read_file), or nested too deep for json's parser (which raises RecursionError)."""
     try:
-        return json.loads(text)
+        data = read_file(path, MAX_JSON_BYTES)
+    except ValueError as error:
+        raise json.JSONDecodeError(str(error), "", 0) from None
+    try:
+        return json.loads(data)  # bytes that are not UTF-8: a UnicodeDecodeError, a ValueError too
     except RecursionError:
-        raise json.JSONDecodeError("nested too deep to parse", text, 0) from None
+        raise json.JSONDecodeError("nested too deep to parse", "", 0) from None
+
+
+def read_file(path: Path, limit: int, tail: bool = False) -> bytes:
+    """The bytes of the regular file at `path` (open_regular): its last `limit` bytes with `tail`, else all of
+    them, and ValueError where they are over `limit`."""
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit and not tail:
+            raise ValueError(f"{Path(path).name} holds {size:,} bytes, over the {limit:,} read")
+        f.seek(max(0, size - limit))
+        return f.read(limit)  # no more, should it grow meanwhile
+
+
+def open_regular(path: Path):
+    """The regular file at `path`, open for reading (binary), as safely as a damaged or hand-edited run folder
+    needs: ValueError for a FIFO, whose read waits forever for a writer, or a device, whose read may never end,
+    both opened without waiting (O_NONBLOCK) and refused before any read. The check is of the file opened, so no
+    other can take its name meanwhile. OSError where open() raises one (FileNotFoundError, IsADirectoryError)."""
+    f = open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise ValueError(f"{Path(path).name} is not a regular file")
+    return f
 
 
 def field_problem(field: dataclasses.Field, value) -> str | None:

@@ -3,9 +3,14 @@ and how many runs may train at once. The app enforces them (runs.start); the com
 
 The defaults fit the machine the app was written on, 2 cores and 24 GB shared by the server, its pages and
 the runs. An instructor changes any of them with an environment variable before starting the server:
-FEWSHOT_MAX_CHANNELS=512, FEWSHOT_MAX_MEMORY_GB=16, FEWSHOT_MAX_RUNS=4, ...
+FEWSHOT_MAX_CHANNELS=512, FEWSHOT_MAX_MEMORY_GB=16, FEWSHOT_MAX_RUNS=4, ... A value that is no number, or that
+no form could use, is an error (ValueError naming the variable): the app checks them all first (setting_problems)
+and shows what to fix, never a traceback.
 """
 
+import dataclasses
+import functools
+import math
 import os
 
 import torch
@@ -40,11 +45,17 @@ BASE_BYTES = 0.27e9  # a meta-update's fixed cost: torch.func and vmap, and the 
 BYTES_PER_ACTIVATION = 44  # each number a layer outputs is kept about 11 times (float32: forward and backward)
 BYTES_PER_WEIGHT = 8  # each task's adapted copy of the weights, and its gradient, at every inner step
 EVALUATION_SHARE = 0.6  # a validation or test task keeps no meta-gradient: 0.5 to 0.6 of a meta-update's task
+LARGEST_SETTING = 10**9  # no whole-number setting above it: no Config field takes more (iterations' at_most), and a
+# form's number field takes at most 2**53 - 1 (Streamlit raises above it)
+FIELDS = {field.name: field for field in dataclasses.fields(Config)}
 
 
 def maximum(name: str) -> int | None:
-    """The largest value the app accepts for Config field `name`, or None where it sets none."""
-    return _setting(f"FEWSHOT_MAX_{name.upper()}", MAXIMA[name]) if name in MAXIMA else None
+    """The largest value the app accepts for Config field `name`, or None where it sets none. Never below the
+    field's own least value, nor 1: the form's field for it would take no value (a task has 2 ways or more)."""
+    if name not in MAXIMA:
+        return None
+    return _setting(f"FEWSHOT_MAX_{name.upper()}", MAXIMA[name], least=max(1, FIELDS[name].metadata["at_least"]))
 
 
 def max_memory_gb() -> float:
@@ -111,15 +122,29 @@ def check(config: Config) -> list:
     return problems
 
 
-def _setting(variable: str, default, kind=int):
-    """The positive number in environment variable `variable`, else `default`."""
+def setting_problems() -> list:
+    """What is wrong with this server's FEWSHOT_MAX_* variables, one line each; [] if nothing."""
+    problems = []
+    for read in [functools.partial(maximum, name) for name in MAXIMA] + [max_memory_gb, max_runs]:
+        try:
+            read()
+        except ValueError as error:
+            problems.append(str(error))
+    return problems
+
+
+def _setting(variable: str, default, kind=int, least: int = 1):
+    """The number in environment variable `variable`, else `default`: a whole number from `least` to
+    LARGEST_SETTING, or (kind float) a positive finite number; ValueError saying what it must be otherwise."""
     text = os.environ.get(variable, "").strip()
     if not text:
         return default
     try:
         value = kind(text)
-    except ValueError:
-        value = 0
-    if not value > 0:
-        raise ValueError(f"{variable} must be a positive {'whole ' if kind is int else ''}number, got {text!r}")
+    except ValueError:  # "abc", "1.5" for a whole number
+        value = math.nan
+    if kind is float and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{variable} must be a positive number, got {text!r}")
+    if kind is int and not least <= value <= LARGEST_SETTING:
+        raise ValueError(f"{variable} must be a whole number from {least} to {LARGEST_SETTING:,}, got {text!r}")
     return value

@@ -2,7 +2,8 @@
 
 A process killed mid-write leaves a last line without its newline; readers wait for the newline, and a
 resumed run cuts the file back to its checkpoint (`truncate`), which drops such a line. A line that is not a
-record (a disk error, a hand edit) is skipped and counted, never fatal.
+record (a disk error, a hand edit) is skipped and counted, never fatal. What is read of it is bounded
+(MAX_BYTES), and nothing but a regular file is read (config.read_file).
 """
 
 import json
@@ -12,7 +13,12 @@ import threading
 from pathlib import Path
 
 from . import files
+from .config import open_regular, read_file
 
+MAX_BYTES = 1 << 28  # 268 MB. A line takes 170 bytes, 1,460 with a first- against second-order probe of the
+# form's largest network (6 blocks) and a validation: 100,000 iterations (limits.MAXIMA), each probed, write 146 MB
+
+MAX_WHOLE = 2**53  # the largest whole numbers a float holds exactly
 REQUIRED_NUMBERS = ("seconds", "train_loss", "train_accuracy")
 PROBE_NUMBERS = ("cosine", "norm_ratio", "dropped_norm", "g2_norm")  # a "probe" holds them (probe.py), overall
 # and under "layers" for each layer
@@ -36,18 +42,31 @@ def parse(lines: list) -> tuple[list, int]:
 
 
 def _is_record(record) -> bool:
-    """Whether a parsed line is a record the app can plot: an iteration (0 or more), numbers for what it measured,
-    and a finite time (the pages compute durations from it; a diverged run's NaN losses are records still)."""
-    if not isinstance(record, dict) or type(record.get("iteration")) is not int or record["iteration"] < 0:
+    """Whether a parsed line is a record the app can plot and tabulate: an iteration (0 or more), numbers for what
+    it measured (a validation's loss with its accuracy: the charts draw both), and finite ones where the pages
+    compute or print them as they are: its time (durations), accuracies (fractions from 0 to 1: "nan %"
+    otherwise) and memory. A diverged run's NaN losses are records still."""
+    if (not isinstance(record, dict) or type(record.get("iteration")) is not int
+            or not 0 <= record["iteration"] <= MAX_WHOLE):
         return False
     measured = [record.get(key) for key in REQUIRED_NUMBERS]
-    measured += [value for key, value in record.items() if key.startswith("val_")]
+    measured += [value for key, value in record.items() if key.startswith("val_") or key == "training_memory_mb"]
     if "probe" in record:
         if not _is_probe(record["probe"]):
             return False
         groups = [record["probe"], *record["probe"]["layers"].values()]
         measured += [group.get(key) for group in groups for key in PROBE_NUMBERS]
-    return all(type(value) in (int, float) for value in measured) and math.isfinite(record["seconds"])
+    if not all(_is_number(value) for value in measured) or "val_loss" in record and "val_accuracy" not in record:
+        return False
+    accuracies = [value for key, value in record.items() if key.endswith("_accuracy")]
+    return (math.isfinite(record["seconds"]) and math.isfinite(record.get("training_memory_mb", 0.0))
+            and all(0 <= accuracy <= 1 for accuracy in accuracies))
+
+
+def _is_number(value) -> bool:
+    """A float (NaN and infinities too), or an int that a float holds: JSON reads a 400-digit number as an int,
+    which math.isfinite, a division and the pages' formatting refuse (OverflowError)."""
+    return type(value) is float or type(value) is int and abs(value) <= MAX_WHOLE
 
 
 def _is_probe(probe) -> bool:
@@ -57,9 +76,10 @@ def _is_probe(probe) -> bool:
 
 
 def read(path: Path) -> tuple[list, int]:
-    """All complete records of the file (none if it does not exist), and the count of lines skipped."""
+    """All complete records of the file (none if it does not exist), and the count of lines skipped; ValueError
+    for no regular file, or one over MAX_BYTES."""
     try:
-        data = Path(path).read_bytes()
+        data = read_file(path, MAX_BYTES)
     except FileNotFoundError:
         return [], 0
     return parse(data.rpartition(b"\n")[0].split(b"\n"))
@@ -73,10 +93,12 @@ def truncate(path: Path, iteration: int) -> list:
 
 
 class Reader:
-    """Follows one metrics file: each read() parses only the lines appended since the last one.
+    """Follows one metrics file: each read() parses only the lines appended since the last one, up to its first
+    MAX_BYTES (a run that writes more shows its first records only).
 
     A file replaced by truncate() (another inode, or other bytes where the last line read was) is read
-    again from the start. Safe to share between threads, so every viewer of a run shares one reader.
+    again from the start. Anything but a regular file counts as missing. Safe to share between threads, so
+    every viewer of a run shares one reader.
     """
 
     def __init__(self, path: Path):
@@ -88,13 +110,13 @@ class Reader:
         """The records so far (a list owned by the reader: do not change it) and the lines skipped."""
         with self._lock:
             try:
-                with open(self.path, "rb") as f:
+                with open_regular(self.path) as f:
                     identity = os.fstat(f.fileno()).st_ino
                     if identity != self._identity or not self._still_there(f):
                         self._reset(identity)
                     f.seek(self._offset)
-                    complete = f.read().rpartition(b"\n")[0]
-            except FileNotFoundError:
+                    complete = f.read(max(0, MAX_BYTES - self._offset)).rpartition(b"\n")[0]
+            except (FileNotFoundError, ValueError):  # ValueError: no regular file
                 self._reset(None)
                 return self.records, self.skipped
             if complete:

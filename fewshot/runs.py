@@ -21,6 +21,7 @@ while a page shows it): what cannot be read counts as missing.
 
 import fcntl
 import json
+import math
 import os
 import re
 import shutil
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import files, launchers, limits, metrics
-from .config import REPO_ROOT, Config, read_json
+from .config import REPO_ROOT, Config, read_file, read_json
 from .omniglot import SETS
 from .training import CHECKPOINT, CONFIG, ENDED, EVALUATION, METRICS, TRAINING_STATE
 
@@ -44,6 +45,9 @@ MAX_QUEUED = 20  # runs waiting at once, per runs folder: each holds a folder an
 DISPATCH_EVERY = 2.0  # seconds between the server's looks at the queue
 CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_READERS = 64  # metrics readers kept, for the runs read last; each holds its run's records (59,000: 47 MB)
+LOG_TAIL_BYTES = 4096  # what error() reads of a run's log, its end: a long run's log holds many lines
+MAX_CHECKPOINT_BYTES = 320 << 20  # 335 MB: the largest model a Config makes (1024 channels, 8 blocks, 1000 ways,
+# a batch norm row for each of 100 inner steps) takes 275 MB; the Train form's largest, 12 MB
 # What a fair comparison of MAML and FOMAML may differ in besides the algorithm: where the data is, and how
 # often the run is validated, saved, probed, and how it is tested. Anything else changes what is learned or
 # how fast (the engine, the device), so a difference would be read as the algorithms'.
@@ -188,12 +192,16 @@ class Run:
     def error(self) -> str | None:
         """For a failed run, the last line of its output, which names the error."""
         try:
-            with open(self.path / LOG, "rb") as f:  # the end of the log only: a long run's log holds many lines
-                f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
-                lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
-        except FileNotFoundError:
+            tail = read_file(self.path / LOG, LOG_TAIL_BYTES, tail=True)
+        except (OSError, ValueError):  # missing, or no regular file
             return None
+        lines = [line for line in tail.decode(errors="replace").splitlines() if line.strip()]
         return lines[-1].strip() if lines else None
+
+    def checkpoint_bytes(self) -> bytes:
+        """The checkpoint file, to download or keep; ValueError for no regular file, or one over
+        MAX_CHECKPOINT_BYTES, larger than any fewshot makes."""
+        return read_file(self.checkpoint, MAX_CHECKPOINT_BYTES)
 
     def progress(self) -> Progress:
         config, records = self.config(), self.metrics()
@@ -313,8 +321,8 @@ def takeaway(maml: Run, fomaml: Run) -> str | None:
     first, second = maml.metrics(), fomaml.metrics()
     parts = []
     pace = seconds_per_iteration(first), seconds_per_iteration(second)
-    if all(pace):
-        ratio = pace[0] / pace[1] - 1
+    ratio = pace[0] / pace[1] - 1 if all(pace) else math.inf  # infinite too for hand-edited times 1e-320 s apart
+    if math.isfinite(ratio):
         parts.append(f"{abs(100 * ratio):.0f} % {'slower' if ratio >= 0 else 'faster'} per iteration")
     memory = training_memory_mb(first), training_memory_mb(second)
     if None not in memory:
@@ -596,8 +604,9 @@ def keep_checkpoint(run: Run, name: str, directory: Path | None = None) -> Path:
     directory = Path(directory or checkpoints_dir())
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{name}.safetensors"
+    data = run.checkpoint_bytes()
     try:
-        files.create_with(target, lambda tmp: shutil.copyfile(run.checkpoint, tmp))
+        files.create_with(target, lambda tmp: tmp.write_bytes(data))
     except FileExistsError:
         raise ValueError(f"{target.name} already exists in {directory}; choose another name.") from None
     return target
@@ -650,9 +659,12 @@ def _valid_launch(launch) -> bool:
 
 
 def _valid_evaluation(evaluation) -> bool:
-    """Whether evaluation.json holds what training writes, as far as the pages read it."""
+    """Whether evaluation.json holds what training writes, as far as the pages read it: an accuracy and the half
+    width of its interval, fractions from 0 to 1 (not NaN or Infinity, which JSON readers take: the pages would
+    show "nan %"; nor an integer of 400 digits, which no float holds)."""
     return (isinstance(evaluation, dict) and isinstance(evaluation.get("split"), str)
-            and all(type(evaluation.get(number)) in (int, float) for number in ("accuracy", "ci95"))
+            and all(type(evaluation.get(number)) in (int, float) and 0 <= evaluation[number] <= 1
+                    for number in ("accuracy", "ci95"))
             and all(type(evaluation.get(count)) is int for count in ("ways", "shots", "tasks", "inner_steps")))
 
 

@@ -341,6 +341,7 @@ def missing_for_adapt(names: list, inks: list, model_ways: int, ways: int) -> st
 
 
 st.title("Draw your own characters")
+ui.settings_checked()  # a fresh server serves this page alone, without app.py; an upload reads the limits
 st.markdown("""
 Invent a few characters and draw examples of each (the **support set**); **Adapt** takes MAML's inner loop, a few
 gradient steps on them. Then draw a new example (the **query**): does the adapted model recognise it? Beside each

@@ -114,7 +114,7 @@ def ended_run(run: runs.Run, status: str) -> None:
                 except (ValueError, OSError) as error:
                     st.error(str(error))
     with download:  # the file is read on a click only, not at every redraw of every page that shows the run
-        st.download_button("Download checkpoint", data=run.checkpoint.read_bytes, file_name=f"{run.name}.safetensors",
+        st.download_button("Download checkpoint", data=run.checkpoint_bytes, file_name=f"{run.name}.safetensors",
                            mime="application/octet-stream")
 
 

@@ -12,10 +12,16 @@ def test_without_a_key_every_session_may_do_everything(monkeypatch):
     assert not access.is_right_key("")  # no key: nothing unlocks anything, nothing needs it
 
 
-@pytest.mark.parametrize("blank", ["", "   "])
-def test_a_blank_key_is_no_key(monkeypatch, blank):
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
+def test_a_key_set_but_blank_is_an_error_never_an_open_server(monkeypatch, blank):
+    """A teacher who meant to set a key (a typo, or FEWSHOT_INSTRUCTOR_KEY="$KEY" with KEY unset) is told, and
+    no session may manage runs without the key: the app shows the error on every page (tests/test_app.py)."""
     monkeypatch.setenv("FEWSHOT_INSTRUCTOR_KEY", blank)
-    assert access.instructor_key() is None and access.may_manage(has_key=False)
+    message = "^FEWSHOT_INSTRUCTOR_KEY is set but blank: set it to a key, or unset it to open the app to everyone$"
+    for asked in (access.instructor_key, lambda: access.may_manage(has_key=False),
+                  lambda: access.may_stop("someone", "me", has_key=False), lambda: access.is_right_key("")):
+        with pytest.raises(ValueError, match=message):
+            asked()
 
 
 def test_with_a_key_only_its_holder_manages_runs_and_others_stop_only_their_own(monkeypatch):

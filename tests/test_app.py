@@ -3,6 +3,7 @@
 import collections
 import dataclasses
 import json
+import os
 import re
 import shutil
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pyarrow
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from fake_runs import record, run_folder
@@ -20,7 +22,7 @@ from app_ui import field_label
 from fewshot import limits, runs
 from fewshot.config import Config
 from fewshot.presets import ABOUT, PRESETS
-from waiting import wait_for
+from waiting import outcome_within, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -234,6 +236,35 @@ def test_the_form_caps_every_size_at_the_servers_limits(monkeypatch):
     assert form_field(app, "channels").max == 100 and form_field(app, "meta_batch").max == 128
 
 
+BAD_SETTINGS = {"FEWSHOT_MAX_CHANNELS": "-3", "FEWSHOT_MAX_WAYS": "1", "FEWSHOT_MAX_RUNS": "abc",
+                "FEWSHOT_INSTRUCTOR_KEY": "   "}  # in the order the pages say them
+
+
+def test_bad_settings_are_said_one_line_each_on_every_page_instead_of_a_traceback(monkeypatch):
+    """app.py checks the settings before any page; Train and Compare check them too, as a fresh server serves a
+    page's file alone (AppTest's switch_page does too). FEWSHOT_MAX_WAYS=1 would leave the form's 2-way minimum
+    above its maximum (Streamlit raises), FEWSHOT_MAX_RUNS=abc break the form's note on running runs."""
+    for variable, value in BAD_SETTINGS.items():
+        monkeypatch.setenv(variable, value)
+    app = AppTest.from_file(APP, default_timeout=60).run()
+    for page in (None, "pages/train.py", "pages/compare.py"):  # None: app.py, which would show Home
+        if page:
+            app.switch_page(page).run()
+        assert not app.exception, (page, app.exception)
+        errors = [error.value for error in app.error]
+        assert len(errors) == len(BAD_SETTINGS) and all("\n" not in error for error in errors), (page, errors)
+        for error, variable in zip(errors, BAD_SETTINGS):
+            assert error.startswith(f"{variable} ") and "restarts the server" in error, (page, error)
+        assert not app.selectbox and not app.number_input and not app.button  # the page stopped there
+
+
+def test_a_limit_at_the_fields_least_value_gives_a_form_field_of_that_value(monkeypatch):
+    monkeypatch.setenv("FEWSHOT_MAX_WAYS", "2")
+    app = open_page("pages/train.py")
+    ways = form_field(app, "ways")
+    assert ways.min == ways.max == ways.value == 2 and not app.error
+
+
 def test_sizes_that_together_need_too_much_memory_are_refused_and_nothing_starts(data_root):
     app = open_page("pages/train.py")
     fill_form(app, channels=128, ways=50, shots=10, queries=10)  # each within its maximum
@@ -411,6 +442,41 @@ def test_train_page_says_how_many_metrics_lines_it_could_not_read(run_folders):
     app = open_page("pages/train.py")
     assert "2 unreadable lines in metrics.jsonl skipped" in texts(app)
     assert chart_points(app)["meta-train"] == 3
+
+
+def test_the_download_of_a_checkpoint_that_is_a_fifo_fails_at_once(run_folders, monkeypatch):
+    """Streamlit reads a download's data in a thread of its own when it is pressed: reading a FIFO waited for ever."""
+    run = run_folder(run_folders / "runs", "stopped", metrics=[record(1)], checkpoint=b"weights")
+    (run.path / runs.STOP_REQUESTED).write_text("")
+    run.checkpoint.unlink()
+    os.mkfifo(run.checkpoint)
+    offered, download_button = [], st.download_button
+    monkeypatch.setattr(st, "download_button",
+                        lambda label, data, **options: offered.append(data) or download_button(label, data, **options))
+    open_page("pages/train.py")
+    [data] = offered
+    error = outcome_within(data)
+    assert isinstance(error, ValueError) and str(error) == "checkpoint.safetensors is not a regular file"
+
+
+def test_figures_a_hand_edit_garbled_show_as_none_not_as_nan_or_a_traceback(run_folders):
+    """evaluation.json with NaN (JSON readers take it) showed "nan % ± nan %"; a record's memory that is no number
+    broke the Compare page's table."""
+    pair = {algorithm: run_folder(run_folders / "runs", algorithm, checkpoint=b"weights",
+                                  config=Config(iterations=2, algorithm=algorithm),
+                                  metrics=[record(1) | {"training_memory_mb": memory}, record(2)])
+            for algorithm, memory in (("maml", "x"), ("fomaml", 20.0))}
+    (pair["maml"].path / "evaluation.json").write_text(json.dumps(
+        {"split": "lake/test", "accuracy": float("nan"), "ci95": float("nan"), "tasks": 1, "inner_steps": 3,
+         "ways": 5, "shots": 1}))
+    app = open_page("pages/train.py")
+    app.selectbox(key="train_run_menu").set_value("maml").run()
+    assert not app.exception and not app.metric and "nan" not in texts(app)
+    app.switch_page("pages/compare.py").run()
+    app.multiselect[0].set_value(["maml", "fomaml"]).run()
+    assert not app.exception
+    [table] = app.dataframe
+    assert "nan" not in table.value.to_string() and list(table.value["memory MB"]) == ["—", "20"]
 
 
 def test_pages_show_every_run_despite_an_unreadable_launch_json(run_folders):

@@ -199,26 +199,38 @@ def test_resume_of_a_garbage_config_is_one_line(tmp_path, text, reason):
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--tasks", 0], "--tasks must be between 1 and 100000, got 0"),
-    (["--tasks", 10**6], "--tasks must be between 1 and 100000, got 1000000"),
+    (["--tasks", 0], "--tasks must be between 2 (for a 95 % interval) and 100000, got 0"),
+    (["--tasks", 1], "--tasks must be between 2 (for a 95 % interval) and 100000, got 1"),
+    (["--tasks", 10**6], "--tasks must be between 2 (for a 95 % interval) and 100000, got 1000000"),
     (["--queries", 0], "--queries must be at least 1, got 0"),
     (["--shots", 0], "--shots must be at least 1, got 0"),
     (["--shots", 25], "shots + queries must be at most 20 (Omniglot has 20 drawings per character), got 25 + 5"),
     (["--inner-steps", -1], "--inner-steps must be between 0 and 100, got -1"),
     (["--inner-steps", 10**9], "--inner-steps must be between 0 and 100, got 1000000000"),
     (["--seed", -1], f"--seed must be between 0 and {2**32 - 1}, got -1"),
-    (["--tasks", 0, "--queries", 0], "--tasks must be between 1 and 100000, got 0; --queries must be at least 1, "
-                                     "got 0"),
+    (["--tasks", 0, "--queries", 0], "--tasks must be between 2 (for a 95 % interval) and 100000, got 0; "
+                                     "--queries must be at least 1, got 0"),
 ])
 def test_evaluate_refuses_options_it_cannot_measure(tmp_path, options, message):
     assert error_of("evaluate", untrained_checkpoint(tmp_path), "--data-root", tmp_path / "nothing", *options) == (
         f"error: {message}")
 
 
-def test_evaluate_refuses_to_record_one_tasks_accuracy_which_has_no_interval(tmp_path):
-    """A NaN interval in the checkpoint's metadata would make it unreadable (JSON has no NaN)."""
-    assert error_of("evaluate", untrained_checkpoint(tmp_path), "--tasks", 1, "--record") == (
-        "error: --record needs --tasks of 2 or more, for a confidence interval")
+@pytest.mark.parametrize("record", [[], ["--record"]])
+def test_evaluate_refuses_one_task_whose_accuracy_has_no_interval(tmp_path, record):
+    """It printed "+- nan %"; recorded, a NaN interval in the checkpoint's metadata would make it unreadable (JSON
+    has no NaN)."""
+    checkpoint = untrained_checkpoint(tmp_path)
+    before = checkpoint.read_bytes()
+    assert error_of("evaluate", checkpoint, "--data-root", tmp_path / "nothing", "--tasks", 1, *record) == (
+        "error: --tasks must be between 2 (for a 95 % interval) and 100000, got 1")
+    assert checkpoint.read_bytes() == before
+
+
+@pytest.mark.parametrize("repeats", [0, -1])
+def test_bench_refuses_to_time_no_iteration(repeats):
+    """The median of no timed iteration raised an IndexError, after the warm-up of every setting."""
+    assert error_of("bench", "--repeats", repeats) == f"error: --repeats must be at least 1, got {repeats}"
 
 
 def test_evaluate_takes_the_training_steps_of_a_checkpoint_without_test_time_steps(tmp_path):
@@ -270,7 +282,7 @@ def test_evaluate_within_alphabet_draws_upright_characters_of_one_alphabet_in_tu
 
 def test_evaluate_within_alphabet_refuses_more_ways_than_the_largest_test_alphabet(data_root, tmp_path, capsys):
     largest, characters = max(ALPHABETS["images_evaluation"].items(), key=lambda item: item[1])
-    cli.main(["evaluate", str(untrained_checkpoint(tmp_path, characters)), "--data-root", data_root, "--tasks", "1",
+    cli.main(["evaluate", str(untrained_checkpoint(tmp_path, characters)), "--data-root", data_root, "--tasks", "2",
               "--within-alphabet"])
     assert f"{characters}-way 1-shot within one alphabet" in capsys.readouterr().out
     assert error_of("evaluate", untrained_checkpoint(tmp_path, characters + 1), "--data-root", data_root,

@@ -95,9 +95,42 @@ def test_the_instructor_changes_the_limits_with_environment_variables(monkeypatc
     assert limits.max_runs() == 7
     for bad in ("many", "0", "-1", "1.5", "nan"):
         monkeypatch.setenv("FEWSHOT_MAX_RUNS", bad)
-        with pytest.raises(ValueError, match=f"FEWSHOT_MAX_RUNS must be a positive whole number, got '{bad}'"):
+        with pytest.raises(ValueError, match=f"^FEWSHOT_MAX_RUNS must be a whole number from 1 to 1,000,000,000, "
+                                             f"got '{bad}'$"):
             limits.max_runs()
     assert limits.maximum("seed") is None  # no limit of this server
+
+
+@pytest.mark.parametrize("variable, value, least", [
+    ("FEWSHOT_MAX_WAYS", "1", 2),  # a task tells 2 classes apart at least: the form's field would take no value
+    ("FEWSHOT_MAX_CHANNELS", "-3", 1), ("FEWSHOT_MAX_INNER_STEPS", "0", 1), ("FEWSHOT_MAX_ITERATIONS", "abc", 1),
+    ("FEWSHOT_MAX_META_BATCH", str(10**20), 1),  # over 2**53 - 1, a form's number field raises
+])
+def test_a_limit_that_no_form_field_could_take_is_refused_naming_its_variable(monkeypatch, variable, value, least):
+    name = variable.removeprefix("FEWSHOT_MAX_").lower()
+    assert limits.FIELDS[name].metadata["at_least"] <= least
+    monkeypatch.setenv(variable, value)
+    message = f"{variable} must be a whole number from {least} to 1,000,000,000, got '{value}'"
+    with pytest.raises(ValueError) as error:
+        limits.maximum(name)
+    assert str(error.value) == message
+    assert limits.setting_problems() == [message]
+    monkeypatch.setenv(variable, str(least))
+    assert limits.maximum(name) == least and limits.setting_problems() == []
+
+
+def test_every_bad_setting_is_one_line_of_setting_problems(monkeypatch):
+    assert limits.setting_problems() == []
+    for variable, value in (("FEWSHOT_MAX_WAYS", "1"), ("FEWSHOT_MAX_MEMORY_GB", "inf"), ("FEWSHOT_MAX_RUNS", "x")):
+        monkeypatch.setenv(variable, value)
+    assert limits.setting_problems() == [
+        "FEWSHOT_MAX_WAYS must be a whole number from 2 to 1,000,000,000, got '1'",
+        "FEWSHOT_MAX_MEMORY_GB must be a positive number, got 'inf'",
+        "FEWSHOT_MAX_RUNS must be a whole number from 1 to 1,000,000,000, got 'x'"]
+    for bad in ("nan", "0", "-2", "1e400"):
+        monkeypatch.setenv("FEWSHOT_MAX_MEMORY_GB", bad)
+        with pytest.raises(ValueError, match="^FEWSHOT_MAX_MEMORY_GB must be a positive number"):
+            limits.max_memory_gb()
 
 
 def test_start_refuses_a_configuration_over_the_limits_and_starts_nothing(runs_folder):

@@ -1,8 +1,14 @@
 import json
+import os
+import random
 
 import pytest
+import torch
 
-from fewshot import metrics
+from fewshot import limits, metrics, probe
+from fewshot.config import Config
+from fewshot.training import initial_model
+from waiting import outcome_within
 
 
 def record(iteration, **extra):
@@ -60,8 +66,65 @@ def test_records_the_pages_cannot_draw_are_skipped_and_a_diverged_runs_are_kept(
     line nested too deep for json's parser raises RecursionError, not a ValueError. NaN losses are a diverged
     run's records, and are drawn."""
     path = tmp_path / "metrics.jsonl"
-    diverged = record(2, train_loss=float("nan"), val_loss=float("inf"))
+    diverged = record(2, train_loss=float("nan"), val_loss=float("inf"), val_accuracy=0.2)
     write(path, [json.dumps(record(1)), json.dumps(record(-1)), json.dumps(record(3, seconds=float("nan"))),
                  json.dumps(record(4, seconds=float("inf"))), "[" * 100_000, json.dumps(diverged)])
     records, skipped = metrics.read(path)
     assert [r["iteration"] for r in records] == [1, 2] and skipped == 4
+
+
+def test_a_record_the_pages_would_show_as_nan_or_fail_to_print_is_skipped(tmp_path):
+    """Accuracies are fractions (a NaN one reads "nan %" in the Compare table); the memory is tabulated and
+    subtracted; JSON's 400-digit numbers are ints that no float holds (math.isfinite raised OverflowError, which
+    broke every page showing the run); a validation's loss is drawn with its accuracy."""
+    path = tmp_path / "metrics.jsonl"
+    huge = "9" * 400
+    bad = [json.dumps(record(2, val_loss=1.0, val_accuracy=float("nan"))),
+           json.dumps(record(2, train_accuracy=float("inf"))), json.dumps(record(2, train_accuracy=1.5)),
+           json.dumps(record(2, val_loss=1.0, val_accuracy=-0.1)), json.dumps(record(2, training_memory_mb="x")),
+           json.dumps(record(2, training_memory_mb=float("nan"))), json.dumps(record(2, val_loss=1.0)),
+           *(json.dumps(record(2)).replace(f'"{key}": {value}', f'"{key}": {huge}')
+             for key, value in (("seconds", 0.2), ("train_loss", 1.5), ("iteration", 2)))]
+    assert all(huge in line for line in bad[-3:])
+    good = record(3, train_loss=float("nan"), val_loss=float("nan"), val_accuracy=0.2, training_memory_mb=12.5)
+    write(path, [json.dumps(record(1)), *bad, json.dumps(good)])
+    records, skipped = metrics.read(path)
+    assert [r["iteration"] for r in records] == [1, 3] and skipped == len(bad)
+
+
+def test_a_metrics_file_that_is_no_regular_file_is_read_without_waiting(tmp_path):
+    """Opening a FIFO for reading waits for a writer, for ever: a run folder holding one hung its page."""
+    path = tmp_path / "metrics.jsonl"
+    os.mkfifo(path)
+    assert outcome_within(metrics.Reader(path).read) == ([], 0)  # as a missing file
+    refused = outcome_within(lambda: metrics.read(path))
+    assert isinstance(refused, ValueError) and str(refused) == "metrics.jsonl is not a regular file"
+
+
+def test_no_more_than_max_bytes_of_a_metrics_file_is_read(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps(record(i)) + "\n" for i in range(1, 11)]
+    monkeypatch.setattr(metrics, "MAX_BYTES", len("".join(lines[:3])) + 5)
+    path.write_text("".join(lines[:2]))
+    reader = metrics.Reader(path)
+    assert [r["iteration"] for r in reader.read()[0]] == [1, 2]
+    path.write_text("".join(lines))
+    assert [r["iteration"] for r in reader.read()[0]] == [1, 2, 3] and reader.read()[1] == 0
+    with pytest.raises(ValueError, match=f"^metrics.jsonl holds {len(''.join(lines)):,} bytes, over the "):
+        metrics.read(path)
+
+
+def test_the_bound_holds_the_largest_run_the_train_form_allows_probed_at_every_iteration():
+    """A record as training writes one with all it may hold: a validation, the memory, and the first against
+    second order probe of the form's deepest network, each layer's numbers at full precision."""
+    config = Config(blocks=limits.MAXIMA["blocks"], channels=2, inner_steps=2, per_step_bn=True)
+    names = [name for name, _ in initial_model(config).named_parameters()]
+    gradients = [{name: torch.randn(3) for name in names} for _ in range(2)]
+    largest = {"iteration": limits.MAXIMA["iterations"], "train_loss": random.random(),
+               "train_accuracy": random.random(), "training_memory_mb": 12345.6,
+               "probe": {**probe.compare(*gradients), "seconds": random.random()}, "val_loss": random.random(),
+               "val_accuracy": random.random(), "seconds": 123456.7891, "tasks_per_second": 1234.56,
+               "peak_memory_mb": 12345.6}
+    assert len(largest["probe"]["layers"]) == limits.MAXIMA["blocks"] + 1  # the blocks and the classifier
+    line = len(json.dumps(largest)) + 1
+    assert 1.5 * limits.MAXIMA["iterations"] * line <= metrics.MAX_BYTES, line

@@ -15,14 +15,16 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from fake_runs import record, run_folder
 from fewshot import launchers, limits, metrics, runs
 from fewshot.checkpoints import load_checkpoint
 from fewshot.cli import add_config_options, config_from_args
 from fewshot.config import Config
+from fewshot.models import build_model
 from fewshot.training import ENDED, TRAINING_STATE
-from waiting import outcomes_at_once, wait_for
+from waiting import outcome_within, outcomes_at_once, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +273,8 @@ def test_metrics_are_read_as_they_grow_by_one_reader_for_every_viewer(tmp_path, 
             bytes_read.append(len(data))
             return data
 
-    monkeypatch.setattr(metrics, "open", lambda path, mode: CountedFile(path), raising=False)
+    monkeypatch.setattr("fewshot.config.open", lambda path, mode, opener: CountedFile(path, opener=opener),
+                        raising=False)  # config.open_regular's, which the reader opens the file with
     viewer = runs.Run(run.path)  # another page, another session: the same reader
     assert [r["iteration"] for r in viewer.metrics()[-2:]] == [1000, 1001]
     assert 0 < sum(bytes_read) <= 2 * len(appended)  # the new line (and the last one, to see it is still there)
@@ -302,13 +305,13 @@ def test_metrics_readers_are_kept_for_the_runs_shown_last_only(tmp_path):
 def test_keeping_one_name_twice_at_once_keeps_one_and_refuses_the_other(tmp_path, monkeypatch):
     run = run_folder(tmp_path / "runs", "run", checkpoint=b"weights")
     both_copying = threading.Barrier(2, timeout=10)
-    copyfile = shutil.copyfile
+    checkpoint_bytes = runs.Run.checkpoint_bytes
 
-    def copy_together(source, target):
+    def read_together(run):
         both_copying.wait()
-        return copyfile(source, target)
+        return checkpoint_bytes(run)
 
-    monkeypatch.setattr(shutil, "copyfile", copy_together)
+    monkeypatch.setattr(runs.Run, "checkpoint_bytes", read_together)
     outcomes = outcomes_at_once(lambda: runs.keep_checkpoint(run, "same", tmp_path / "kept"))
     kept = [outcome for outcome in outcomes if isinstance(outcome, Path)]
     refused = [str(outcome) for outcome in outcomes if isinstance(outcome, ValueError)]
@@ -390,6 +393,9 @@ def test_the_takeaway_says_what_second_order_costs_and_buys_at_equal_iterations(
     assert runs.takeaway(faster, fomaml).startswith("MAML: 50 % faster per iteration, 12.5 points lower")
     assert runs.takeaway(run_folder(tmp_path, "empty"), fomaml) is None
     assert runs.summary(maml)["training_memory_mb"] == 300 and runs.summary(faster)["training_memory_mb"] is None
+    instant = run_folder(tmp_path, "instant", metrics=[record(1) | {"seconds": 0.0}, record(2) | {"seconds": 1e-320}],
+                         config=Config(iterations=6, algorithm="fomaml"))  # a hand edit: 0.3 / 1e-320 overflows
+    assert runs.takeaway(maml, instant) is None  # not "MAML: inf % slower per iteration"
 
 
 @pytest.mark.slow
@@ -517,3 +523,66 @@ def test_stopping_a_run_deleted_since_the_page_showed_it_does_nothing(tmp_path):
     shutil.rmtree(run.path)
     runs.stop(run)
     assert not run.path.exists()
+
+
+def test_a_log_that_is_no_regular_file_says_nothing_and_a_long_ones_end_is_read_alone(tmp_path, monkeypatch):
+    run = run_folder(tmp_path, "run", metrics=[record(1)])
+    os.mkfifo(run.path / runs.LOG)  # opening a FIFO for reading waits for a writer
+    assert outcome_within(run.error) is None
+    (run.path / runs.LOG).unlink()
+    (run.path / runs.LOG).write_text("progress\n" * 100_000 + "ValueError: the reason\n\n")
+    read, read_file = [], runs.read_file
+    monkeypatch.setattr(runs, "read_file", lambda *args, **options: read.append((args, options)) or
+                        read_file(*args, **options))
+    assert run.error() == "ValueError: the reason"
+    assert read == [((run.path / runs.LOG, runs.LOG_TAIL_BYTES), {"tail": True})]
+
+
+def test_a_checkpoint_that_is_no_regular_file_or_too_large_is_neither_downloaded_nor_kept(tmp_path, monkeypatch):
+    """A FIFO would hang the download (Streamlit's thread reading it); a device, or a huge file, be copied without
+    end into checkpoints/."""
+    run = run_folder(tmp_path / "runs", "run", metrics=[record(1)], checkpoint=b"weights")
+    kept = tmp_path / "kept"
+    run.checkpoint.unlink()
+    os.mkfifo(run.checkpoint)
+    refused = outcome_within(run.checkpoint_bytes)
+    assert isinstance(refused, ValueError) and str(refused) == "checkpoint.safetensors is not a regular file"
+    run.checkpoint.unlink()
+    run.checkpoint.symlink_to("/dev/null")  # a device: copied as it was, /dev/zero would never end
+    with pytest.raises(ValueError, match="^checkpoint.safetensors is not a regular file$"):
+        runs.keep_checkpoint(run, "kept", kept)
+    run.checkpoint.unlink()
+    run.checkpoint.write_bytes(b"w" * 100)
+    monkeypatch.setattr(runs, "MAX_CHECKPOINT_BYTES", 99)
+    for attempt in (run.checkpoint_bytes, lambda: runs.keep_checkpoint(run, "kept", kept)):
+        with pytest.raises(ValueError, match="^checkpoint.safetensors holds 100 bytes, over the 99 read$"):
+            attempt()
+    assert not list(kept.iterdir())
+    monkeypatch.setattr(runs, "MAX_CHECKPOINT_BYTES", 100)
+    assert run.checkpoint_bytes() == b"w" * 100 and runs.keep_checkpoint(run, "kept", kept).read_bytes() == b"w" * 100
+
+
+def test_the_checkpoint_bound_holds_the_largest_model_a_configuration_makes():
+    fields = {field.name: field for field in dataclasses.fields(Config)}
+    largest = {name: fields[name].metadata["at_most"] for name in ("channels", "blocks", "ways", "inner_steps")}
+    with torch.device("meta"):
+        model = build_model("conv", largest["ways"], largest["channels"], largest["blocks"], largest["inner_steps"])
+    weights = sum(4 * tensor.numel() for tensor in model.state_dict().values())
+    assert weights <= runs.MAX_CHECKPOINT_BYTES < 2 * weights, weights
+
+
+@pytest.mark.parametrize("number", ["accuracy", "ci95"])
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "-0.1", "1.5", "9" * 400])
+def test_an_evaluation_that_the_pages_would_show_as_nan_or_could_not_print_is_no_evaluation(tmp_path, number,
+                                                                                           value):
+    """JSON readers take NaN and Infinity: the Train page showed "nan % ± nan %". One test task's interval was NaN
+    before Config refused test_tasks 1."""
+    run = run_folder(tmp_path, "run", metrics=[record(6)], checkpoint=b"weights")
+    evaluation = {"split": "lake/test", "accuracy": 0.9, "ci95": 0.01, "tasks": 600, "inner_steps": 3, "ways": 5,
+                  "shots": 1}
+    (run.path / "evaluation.json").write_text(json.dumps(evaluation))
+    assert run.evaluation() == evaluation
+    (run.path / "evaluation.json").write_text(json.dumps(evaluation).replace(f'"{number}": {evaluation[number]}',
+                                                                             f'"{number}": {value}'))
+    assert value in (run.path / "evaluation.json").read_text()
+    assert run.evaluation() is None and runs.summary(run)["test_accuracy"] is None

@@ -29,3 +29,20 @@ def outcomes_at_once(action, threads: int = 2) -> list:
     for thread in started:
         thread.join()
     return outcomes
+
+
+def outcome_within(action, timeout: float = 10.0):
+    """What `action()` returned or raised; fails the test if it had not ended after `timeout` seconds (a read
+    that waits for ever, on a FIFO say: its thread is a daemon, left behind)."""
+    outcome = []
+
+    def attempt():
+        try:
+            outcome.append(action())
+        except Exception as error:  # noqa: BLE001 - the test looks at it
+            outcome.append(error)
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "it waits for ever"
+    return outcome[0]
