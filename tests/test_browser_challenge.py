@@ -64,6 +64,10 @@ def test_one_task_played_by_clicking_shows_the_models_answers_and_the_score(app,
         page.mouse.move(1000, 760)  # off the drawings, whose hover shows a fullscreen button
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=ARTIFACTS / "challenge-after-one-task.png")
+        page.get_by_role("button", name="Next task").dblclick()  # an impatient student: the next task, not two on
+        expect(page.get_by_text("Seed 1 · task 2 · 5-way")).to_be_visible()
+        page.wait_for_selector(IDLE)
+        expect(page.get_by_text("Seed 1 · task 2 · 5-way")).to_be_visible()
         browser.close()
 
 

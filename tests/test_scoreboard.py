@@ -3,6 +3,7 @@
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -101,15 +102,17 @@ def test_a_locked_scoreboard_is_waited_for_busy_timeout_s_in_all(tmp_path, monke
     board = Scoreboard(tmp_path / "board.sqlite3")
     holder = sqlite3.connect(board.path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
-    waits = []  # the longest each connection may wait for the lock, and each pause between tries
-    connect, sleep = sqlite3.connect, time.sleep
+    waits = []  # the longest each connection may wait for the lock, and each pause between tries, of this thread
+    connect, sleep, this_thread = sqlite3.connect, time.sleep, threading.get_ident()  # (not of other tests' threads)
 
     def connect_noted(*args, timeout, **kwargs):
-        waits.append(timeout)
+        if threading.get_ident() == this_thread:
+            waits.append(timeout)
         return connect(*args, timeout=timeout, **kwargs)
 
     def sleep_noted(seconds):
-        waits.append(seconds)
+        if threading.get_ident() == this_thread:
+            waits.append(seconds)
         sleep(seconds)
     monkeypatch.setattr(sqlite3, "connect", connect_noted)
     monkeypatch.setattr(time, "sleep", sleep_noted)
