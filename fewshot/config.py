@@ -188,12 +188,13 @@ def read_file(path: Path, limit: int, tail: bool = False) -> bytes:
         return f.read(limit)  # no more, should it grow meanwhile
 
 
-def open_regular(path: Path):
-    """The regular file at `path`, open for reading (binary), as safely as a damaged or hand-edited run folder
-    needs: ValueError for a FIFO, whose read waits forever for a writer, or a device, whose read may never end,
-    both opened without waiting (O_NONBLOCK) and refused before any read. The check is of the file opened, so no
-    other can take its name meanwhile. OSError where open() raises one (FileNotFoundError, IsADirectoryError)."""
-    f = open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))
+def open_regular(path: Path, mode: str = "rb"):
+    """The regular file at `path`, open in binary `mode` (reading, or "ab" to append), as safely as a damaged or
+    hand-edited run folder needs: ValueError for a FIFO, whose read (or write) waits forever for the other end, or
+    a device, whose read may never end, both opened without waiting (O_NONBLOCK) and refused before any read. The
+    check is of the file opened, so no other can take its name meanwhile. OSError where open() raises one
+    (FileNotFoundError, IsADirectoryError; for a FIFO opened to append with no reader, ENXIO)."""
+    f = open(path, mode, opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))
     if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
         f.close()
         raise ValueError(f"{Path(path).name} is not a regular file")

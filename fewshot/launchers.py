@@ -10,7 +10,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from .config import REPO_ROOT
+from .config import REPO_ROOT, open_regular
 
 TRAINING_NICENESS = 10  # runs yield the cores to the web server: a click is answered at once, charts keep pace
 
@@ -19,7 +19,7 @@ class LocalProcesses:
     """Each run a process of this machine, in a session of its own, so that it outlives the web server."""
 
     def launch(self, run_dir: Path, command: list, environment: dict, log: Path, threads: int) -> dict:
-        with open(log, "ab") as output:
+        with open_regular(log, "ab") as output:  # a FIFO in its place would hold the queue (dispatch) for good
             process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdin=subprocess.DEVNULL,
                                        stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         try:  # before torch starts its threads, which inherit the priority

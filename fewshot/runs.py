@@ -440,7 +440,8 @@ def dispatch(root: Path | None = None) -> list:
             try:
                 for run in group:
                     _launch(run)
-            except (OSError, RuntimeError) as error:  # a Ray cluster that does not answer: tried again later
+            except (OSError, RuntimeError, ValueError) as error:  # a Ray cluster that does not answer (tried
+                # again later), a train.log that is no regular file (config.open_regular)
                 _record_launch_error(run, error)
                 break
             free, started = free - len(group), started + group

@@ -11,6 +11,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from fake_runs import record, run_folder
+from waiting import outcome_within
 from fewshot import runs
 from fewshot.config import MAX_JSON_BYTES, Config
 
@@ -56,6 +57,23 @@ def test_a_launch_json_that_is_a_fifo_or_huge_counts_as_unreadable_and_blocks_no
     read.join(timeout=10)
     assert not read.is_alive(), "reading a FIFO launch.json hangs"
     assert fifo.launch() == {} and huge.launch() == {}
+
+
+@pytest.mark.parametrize("reader", [False, True])
+def test_a_queued_run_whose_train_log_is_a_fifo_is_not_started_and_holds_no_queue(run_folders, reader):
+    """The local launcher appends the trainer's output to train.log: opening a FIFO to write waits for a reader
+    forever, and dispatch waited so under the queue lock, for good. The run stays queued and says why."""
+    launch = {"pid": None, "started": 0.0, "queued": 1.0, "arguments": [], "config": Config(iterations=6).to_dict()}
+    run = run_folder(run_folders, "fifo-log", launch=json.dumps(launch))
+    os.mkfifo(run.path / "train.log")
+    reading = os.open(run.path / "train.log", os.O_RDONLY | os.O_NONBLOCK) if reader else None
+    try:
+        outcome = outcome_within(lambda: runs.dispatch(run_folders))
+    finally:
+        if reader:
+            os.close(reading)
+    assert outcome == [] and run.is_queued()
+    assert "train.log" in run.launch()["launch_error"]  # no reader: ENXIO; a reader: not a regular file
 
 
 @pytest.mark.parametrize("damage", BAD_EVALUATIONS)
