@@ -25,7 +25,9 @@ limit or a run still trained after the stop. Speed is reported, not judged.
 --nice 19 runs the browser (and this script's sessions) at the lowest priority: in a class the browsers run on
 the students' machines, not on the server's cores. The CPU seconds printed say how much of the machine they took
 (30 sessions on 2 cores: the browser 69 %, the server 6 %); scripts/browser_cost.py says what each action of one
-session costs the browser and the server.
+session costs the browser and the server. On a machine with more cores, --server-cpus 0,1 --browser-cpus 2-15 runs
+the server (and the trainers it starts) on the cores a class's server has, and the browser on others, as on the
+students' machines: the fair measurement of the adapt time, which 2 cores shared with 30 browsers cannot give.
 """
 
 import argparse
@@ -618,7 +620,7 @@ def summary(sessions: list, sampler: Sampler, limit: int, left: int, args, wall:
     most = max((s["trainers"] for s in samples), default=0)
     report = {
         "settings": {**vars(args), "starters": args.sessions - args.drawers, "limit": limit,
-                     "cpus": len(os.sched_getaffinity(0))},
+                     "cpus": len(set(args.server_cpus + args.browser_cpus) or os.sched_getaffinity(0))},
         "wall_seconds": round(wall, 1),
         "actions": by_kind,
         "adapt_at_the_limit": figures([a.seconds for a in adapts if trainers_during(a, samples) >= limit]),
@@ -711,7 +713,7 @@ def first_line(error) -> str:
 def print_table(report: dict) -> None:
     settings, memory, trainers = report["settings"], report["memory_mb"], report["trainers"]
     print(f"\n{settings['sessions']} sessions ({settings['drawers']} drawing, {settings['starters']} starting runs), "
-          f"{settings['seconds']} s, browser nice {settings['nice']}, {settings['cpus']} CPUs; "
+          f"{settings['seconds']} s, browser nice {settings['nice']}, {settings['cpus']} CPUs{cpu_sets(settings)}; "
           f"wall {report['wall_seconds']} s")
     print(f"{'action':<30}{'started':>8}{'answered':>9}{'p50 s':>8}{'p95 s':>8}{'max s':>8}")
     rows = list(report["actions"].items())
@@ -744,6 +746,21 @@ def print_table(report: dict) -> None:
     print("\n".join(["problems:"] + [f"  {p}" for p in report["problems"]]) if report["problems"] else "no problem")
 
 
+def cpu_sets(settings: dict) -> str:
+    """Which CPUs the server and the browser were given, if they were."""
+    return "".join(f", the {who} on CPUs {','.join(map(str, settings[f'{who}_cpus']))}"
+                   for who in ("server", "browser") if settings[f"{who}_cpus"])
+
+
+def cpu_list(text: str) -> list:
+    """The CPUs that "0,1" or "2-15" (or "0,4-7") names, as os.sched_setaffinity takes them."""
+    cpus = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return sorted(cpus)
+
+
 def parse(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=30, help="browser sessions in all")
@@ -758,6 +775,10 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--open-every", type=float, default=1.0, help="seconds between two sessions' arrival")
     parser.add_argument("--action-timeout", type=float, default=60, help="seconds an action may wait for its answer")
     parser.add_argument("--folder", help="for the runs, the checkpoint and the server's log (default: a new one)")
+    parser.add_argument("--server-cpus", type=cpu_list, default=[], help="CPUs of the server and its trainers "
+                                                                         "(0,1 or 0-1; default: all)")
+    parser.add_argument("--browser-cpus", type=cpu_list, default=[], help="CPUs of the browser and of this script's "
+                                                                          "sessions (default: all)")
     args = parser.parse_args(argv)
     if not 0 <= args.drawers <= args.sessions:
         parser.error("--drawers must be between 0 and --sessions")
@@ -781,11 +802,15 @@ def main(argv=None) -> dict:
     for variable in ("FEWSHOT_INSTRUCTOR_KEY", "FEWSHOT_RAY_ADDRESS"):  # any tab starts runs, which train here
         if os.environ.pop(variable, None) is not None:
             print(f"{variable} left unset for the load test's server")
-    limit = limits.max_runs()  # as the server, which gets this environment and FEWSHOT_MAX_RUNS if set
+    if args.server_cpus:  # inherited by the server, and by the trainers it starts
+        os.sched_setaffinity(0, args.server_cpus)
+    limit = limits.max_runs()  # as the server, which gets this environment, these CPUs and FEWSHOT_MAX_RUNS if set
     print(f"load test in {folder} (the server's log: streamlit.log)", flush=True)
     began = time.monotonic()
     try:
         with served_app(folder, **environment) as url:
+            if args.browser_cpus:  # inherited by the sampler, Playwright's driver and the browser it starts
+                os.sched_setaffinity(0, args.browser_cpus)
             clock = time.monotonic()  # the sessions' and the samples' time 0
             sampler = Sampler(server_pid(url), runs_folder, clock)
             sampler.start()  # before the renice: its thread keeps the normal priority

@@ -81,3 +81,11 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_the_cpus_given_to_the_server_and_the_browser_are_read_as_taskset_writes_them():
+    load_test = load_script("load_test")
+    assert load_test.cpu_list("0,4-6") == [0, 4, 5, 6] and load_test.cpu_list("2-15") == list(range(2, 16))
+    args = load_test.parse(["--server-cpus", "0-1", "--browser-cpus", "2"])
+    assert (args.server_cpus, args.browser_cpus) == ([0, 1], [2])
+    assert load_test.cpu_sets(vars(args)) == ", the server on CPUs 0,1, the browser on CPUs 2"
