@@ -6,8 +6,10 @@ import numpy as np
 from .tasks import TaskBatch
 
 X_AXES = {"iterations": "iteration", "seconds": "seconds"}  # the x axis' name in the app -> the record's key
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+          "#7f7f7f")  # as many as the layers of Config's largest network (8 conv blocks, a classifier), and more
 MAX_POINTS = 2000  # per training curve; longer runs are thinned for the browser's sake
+MAX_PROBE_POINTS = MAX_POINTS // 8  # per layer's line of a probe panel, which draws up to len(COLORS) + 1 of them
 
 
 def training_curves(runs: dict, metric: str, x: str = "iterations", chance: float | None = None,
@@ -23,9 +25,9 @@ def training_curves(runs: dict, metric: str, x: str = "iterations", chance: floa
     """
     key, rows = X_AXES[x], []
     for label, records in runs.items():
-        train = _thin(records, MAX_POINTS)
+        train, validation = _thin(records, MAX_POINTS), _thin([r for r in records if "val_loss" in r], MAX_POINTS)
         rows += [_row(label, "meta-train", r[key], r[f"train_{metric}"]) for r in train]
-        rows += [_row(label, "validation", r[key], r[f"val_{metric}"]) for r in records if "val_loss" in r]
+        rows += [_row(label, "validation", r[key], r[f"val_{metric}"]) for r in validation]
     labels = list(runs)
     color = {"field": "run", "type": "nominal", "title": None, "scale": {"domain": labels, "range": COLORS},
              "legend": {"orient": "bottom"} if labels != [""] else None}
@@ -66,13 +68,14 @@ def probe_curves(records: list, measure: str, height: int = 260) -> tuple[dict, 
     """One of a MAML run's first- against second-order measures (probe.py, PROBE_PANELS) against iterations,
     for all weights (bold, black) and for each layer: a Vega-Lite chart, as (spec, rows). Its spec depends on
     the run's layers only, so that a live chart is updated in place, as training_curves' are."""
-    probed = _thin([r for r in records if "probe" in r], MAX_POINTS)
+    probed = _thin([r for r in records if "probe" in r], MAX_PROBE_POINTS)
+    layers = [ALL_WEIGHTS, *list(probed[-1]["probe"]["layers"] if probed else {})[:len(COLORS)]]  # the latest's
+    measures = (measure, "g2_norm") if measure == "dropped_norm" else (measure,)
     rows = []
     for record in probed:
         groups = {ALL_WEIGHTS: record["probe"], **record["probe"]["layers"]}
-        rows += [{"iteration": record["iteration"], "layer": layer, "measure": key, "value": numbers.get(key)}
-                 for layer, numbers in groups.items() for key in (measure, "g2_norm")]
-    layers = [ALL_WEIGHTS, *(probed[-1]["probe"]["layers"] if probed else {})]
+        rows += [{"iteration": record["iteration"], "layer": layer, "measure": key, "value": groups[layer][key]}
+                 for layer in layers if layer in groups for key in measures]
     encoding = {"x": {"field": "iteration", "type": "quantitative", "title": "meta-iterations"},
                 "y": {"field": "value", "type": "quantitative", "title": None},
                 "color": {"field": "layer", "type": "nominal", "title": None,
@@ -121,8 +124,9 @@ def _spaced(parts: list, spacer: np.ndarray) -> list:
 
 
 def _thin(records: list, max_points: int) -> list:
+    """At most `max_points` of `records`, evenly spaced, the last one (the run's latest) always among them."""
     step = max(1, -(-len(records) // max_points))
-    return records[::step] if step > 1 else records
+    return records[(len(records) - 1) % step::step]
 
 
 def _name(label: str, curve: str) -> str:

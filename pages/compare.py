@@ -8,6 +8,7 @@ from fewshot import plots, runs
 import app_ui as ui
 
 MENU = "compare_runs_menu"  # the run menu's key: the runs shown
+MAX_OVERLAID = 6  # runs shown at once: each adds its curves to every chart, and a row and a bar, at every redraw
 MISSING = "—"
 
 
@@ -76,15 +77,18 @@ def chosen_runs(all_runs: list) -> list:
     ui.run_names_kept(MENU)
     if MENU not in st.session_state:
         st.session_state[MENU] = [run.name for run in runs.fair_pair(all_runs)]
-    deleted = [name for name in st.session_state[MENU] if name not in by_name]
-    for name in deleted:  # shown before, listed no more: its folder was deleted
-        st.warning(f"Run {name} was deleted.", icon=":material/delete:")
-    if deleted:
-        st.session_state[MENU] = [name for name in st.session_state[MENU] if name in by_name]
+    # the runs chosen, as the menu allows them (the browser may send any list): each once, MAX_OVERLAID at most
+    names = list(dict.fromkeys(st.session_state[MENU]))[:MAX_OVERLAID]
+    for name in names:
+        if name not in by_name:  # shown before, listed no more: its folder was deleted
+            st.warning(f"Run {name} was deleted.", icon=":material/delete:")
+    kept = [name for name in names if name in by_name]
+    if kept != st.session_state[MENU]:
+        st.session_state[MENU] = kept
     if not all_runs:
         return []
     chosen = st.multiselect("Runs to overlay", list(by_name), format_func=lambda name: by_name[name].label(),
-                            key=MENU, persist_state="session",
+                            key=MENU, persist_state="session", max_selections=MAX_OVERLAID,
                             help="Any past or running runs (● running); a new comparison is chosen for you.")
     return [by_name[name] for name in chosen]
 

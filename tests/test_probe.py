@@ -226,3 +226,32 @@ def test_compare_page_without_probe_records_says_how_to_get_them(tmp_path, monke
     assert len(titles) == 4 and not set(titles) & set(plots.PROBE_PANELS.values())  # loss and accuracy, twice
     assert "No measurements in these runs" in page_text(app) and "--probe-every" in page_text(app)
     assert "A cosine near 1" not in page_text(app)
+
+
+def many_layers_record(iteration: int, layers: int) -> dict:
+    """A probe record as a hand edit, or a model larger than the form allows, may leave it: `layers` layers."""
+    numbers = {f"block {i + 1}": probe_numbers(0.5) for i in range(layers - 1)} | {"classifier": probe_numbers(1)}
+    return {**record(iteration), "probe": {**probe_numbers(0.9), "layers": numbers, "seconds": 0.1}}
+
+
+def test_a_probe_panel_sends_only_what_it_draws_however_long_the_run_and_many_its_layers():
+    """A run probed every iteration sent, per panel, 2,000 records x each layer x two measures, |g2| too where only
+    the dashed panel draws it: 1.5 MB a panel every 2 s while it trained; a record of 500 layers, 500 lines."""
+    records = [many_layers_record(i, 7) for i in range(1, 5001)] + [many_layers_record(5001, 500)]
+    for measure in plots.PROBE_PANELS:
+        spec, rows = plots.probe_curves(records, measure)
+        drawn = {row["measure"] for row in rows}
+        assert drawn == ({measure, "g2_norm"} if measure == "dropped_norm" else {measure}), (measure, drawn)
+        layers = spec["layer"][0]["encoding"]["color"]["scale"]["domain"]
+        assert {row["layer"] for row in rows} <= set(layers) and len(layers) <= len(plots.COLORS) + 1
+        iterations = {row["iteration"] for row in rows}
+        assert len(iterations) <= plots.MAX_POINTS // 8 and max(iterations) == 5001  # the latest is drawn
+        assert len(rows) <= len(drawn) * len(layers) * len(iterations)
+
+
+def test_every_layer_of_the_largest_network_has_a_colour_of_its_own():
+    """8 conv blocks (Config's most) and the classifier: the classifier's line was black, as all weights' is."""
+    spec, rows = plots.probe_curves([many_layers_record(1, 9)], "cosine")
+    scale = spec["layer"][0]["encoding"]["color"]["scale"]
+    assert len(scale["domain"]) == 10 and {row["layer"] for row in rows} == set(scale["domain"])
+    assert len(set(scale["range"][:len(scale["domain"])])) == len(scale["domain"])
