@@ -288,9 +288,18 @@ def differences(a: Run, b: Run) -> list:
     """What else than NOT_COMPARED differs between two runs' configurations: ['iterations 19538 / 9429', ...]. The
     two runs of one comparison were started with one configuration: their iterations differ only where Evaluate
     now cut each to those it had done."""
-    first, second = a.config().to_dict(), b.config().to_dict()
-    comparison = a.comparison()
-    ignored = NOT_COMPARED + (("iterations",) if comparison and comparison == b.comparison() else ())
+    return _differences(_settings(a), _settings(b))
+
+
+def _settings(run: Run) -> tuple:
+    """What differences compares of a run: its configuration (a dict), and its comparison."""
+    return run.config().to_dict(), run.comparison()
+
+
+def _differences(a: tuple, b: tuple) -> list:
+    """differences, of two runs' _settings."""
+    (first, comparison), (second, other) = a, b
+    ignored = NOT_COMPARED + (("iterations",) if comparison and comparison == other else ())
     return [f"{name} {first[name]} / {second[name]}" for name in first
             if name not in ignored and first[name] != second[name]]
 
@@ -308,9 +317,15 @@ def fair_pair(runs: list) -> list:
     the iterations asked for included, the two runs of one comparison first; [] when there are none. The
     Compare page shows them when nothing is chosen: runs of unequal training side by side would pass the
     difference for the algorithms'."""
-    pairs = [maml_and_fomaml([run, other]) for index, run in enumerate(runs) for other in runs[index + 1:]]
-    fair = [pair for pair in pairs if pair and not differences(*pair)]
-    together = [pair for pair in fair if pair[0].comparison() and pair[0].comparison() == pair[1].comparison()]
+    settings = {run: _settings(run) for run in runs}  # each run's files read once, not once for each pair
+    algorithm = {run: config["algorithm"] for run, (config, _) in settings.items()}
+    pairs = [(run, other) if algorithm[run] == "maml" else (other, run)
+             for index, run in enumerate(runs) for other in runs[index + 1:]
+             if sorted([algorithm[run], algorithm[other]]) == ["fomaml", "maml"]]
+    fair = [(maml, fomaml) for maml, fomaml in pairs if not _differences(settings[maml], settings[fomaml])]
+    comparison = {run: each for run, (_, each) in settings.items()}
+    together = [(maml, fomaml) for maml, fomaml in fair
+                if comparison[maml] and comparison[maml] == comparison[fomaml]]
     return list((together or fair or [()])[0])
 
 

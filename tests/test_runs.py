@@ -379,6 +379,17 @@ def test_the_fair_pair_is_the_newest_maml_and_fomaml_trained_alike(tmp_path):
     assert runs.maml_and_fomaml(newer[::-1]) == tuple(newer) and runs.maml_and_fomaml(older + newer) is None
 
 
+def test_the_fair_pair_reads_each_runs_configuration_once_not_once_per_pair(tmp_path, monkeypatch):
+    """The Compare page looks for it at a session's first visit: with 200 runs, a read per pair took 5.7 s."""
+    for number in range(12):
+        run_folder(tmp_path, f"run-{number}", config=Config(algorithm=("maml", "fomaml")[number % 2]))
+    reads, config = [], runs.Run.config
+    monkeypatch.setattr(runs.Run, "config", lambda run: reads.append(run) or config(run))
+    listed = runs.list_runs(tmp_path)
+    reads.clear()
+    assert len(runs.fair_pair(listed)) == 2 and len(reads) == len(listed)
+
+
 def test_the_takeaway_says_what_second_order_costs_and_buys_at_equal_iterations(tmp_path):
     maml = run_folder(tmp_path, "maml", metrics=validated(40, 0.3, lambda i: 0.5 + i / 100, memory=300))
     fomaml = run_folder(tmp_path, "fomaml", metrics=validated(60, 0.2, lambda i: 0.45 + i / 100, memory=200),
