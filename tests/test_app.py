@@ -17,6 +17,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from apptests import APP, open_page
 from fake_runs import record, run_folder
 from app_ui import field_label
 from fewshot import limits, runs
@@ -25,7 +26,6 @@ from fewshot.presets import ABOUT, PRESETS
 from waiting import outcome_within, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-APP = str(REPO / "app.py")
 TINY = dict(channels=8, blocks=2, meta_batch=2, val_every=3, val_tasks=4, checkpoint_every=3, test_tasks=10)
 
 
@@ -39,14 +39,6 @@ def run_folders(tmp_path, monkeypatch):
         if run.is_running():
             runs.stop(run)
             wait_for(lambda: not run.is_running(), "the run to stop")
-
-
-def open_page(page: str | None = None) -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=60).run()
-    if page:
-        app.switch_page(page).run()
-    assert not app.exception, app.exception
-    return app
 
 
 def form_field(app: AppTest, name: str):

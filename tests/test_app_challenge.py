@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from apptests import open_page
 from fewshot import challenge, scoreboard
 from fewshot.checkpoints import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-APP = str(REPO / "app.py")
 LETTERS = "ABCDEFGHIJKLMNOPQRST"
 
 
@@ -35,10 +35,7 @@ def unseen(omniglot):
 
 
 def open_challenge_page() -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=120).run()
-    app.switch_page("pages/challenge.py").run()
-    assert not app.exception, app.exception
-    return app
+    return open_page("pages/challenge.py", timeout=120)
 
 
 def texts(app: AppTest, kind: str) -> str:

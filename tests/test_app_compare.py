@@ -2,17 +2,15 @@
 written by hand (fake_runs.py); no process, no dataset."""
 
 import collections
-from pathlib import Path
 
-import pyarrow
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from apptests import chart_rows, open_page
 from fake_runs import record, run_folder
 from fewshot import plots, runs
 from fewshot.config import Config
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
 @pytest.fixture(autouse=True)
@@ -23,15 +21,7 @@ def run_folders(tmp_path, monkeypatch):
 
 
 def compare_page() -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=60).run()
-    app.switch_page("pages/compare.py").run()
-    assert not app.exception, app.exception
-    return app
-
-
-def chart_rows(app: AppTest, index: int) -> list:
-    chart = app.get("vega_lite_chart")[index].proto
-    return pyarrow.ipc.open_stream(chart.data.data).read_all().to_pylist()
+    return open_page("pages/compare.py")
 
 
 def validated(iteration: int) -> dict:
@@ -51,7 +41,7 @@ def test_a_long_runs_validations_are_thinned_like_its_training_curve_and_its_las
     assert sorted(app.multiselect[0].value) == ["fomaml", "maml"]
     for index in range(4):  # loss and accuracy, against iterations and against seconds
         by_series = collections.defaultdict(list)
-        for row in chart_rows(app, index):
+        for row in chart_rows(app.get("vega_lite_chart")[index]):
             by_series[row["series"]].append(row["x"])
         assert len(by_series) == 4, by_series.keys()  # each run's meta-train and validation curves
         last = {"x": iterations if index < 2 else record(iterations)["seconds"]}
@@ -73,7 +63,7 @@ def test_the_page_overlays_a_bounded_number_of_runs_however_many_are_chosen(run_
     shown = list(app.dataframe[0].value["run"])
     assert 2 <= len(shown) <= app.multiselect[0].proto.max_selections and len(app.get("progress")) == len(shown)
     assert sorted(app.multiselect[0].value) == sorted(shown)  # the menu says which
-    runs_drawn = {row["run"] for row in chart_rows(app, 0)}
+    runs_drawn = {row["run"] for row in chart_rows(app.get("vega_lite_chart")[0])}
     assert len(runs_drawn) == len(shown)
 
 

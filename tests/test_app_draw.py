@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from streamlit.testing.v1 import AppTest
 from torch.func import functional_call
 
+from apptests import open_page
 from canvas_drawings import QUERY, QUERY_NAME, SHAPES, canvas_image, data_url
 from fewshot import maml
 from fewshot.adaptation import DEFAULT_CHECKPOINT
@@ -24,7 +25,6 @@ from fewshot.models import build_model
 from fewshot.omniglot import split_characters
 
 REPO = Path(__file__).resolve().parents[1]
-APP = str(REPO / "app.py")
 NAMES = list(SHAPES)
 
 
@@ -39,10 +39,7 @@ def folders(tmp_path, monkeypatch):
 
 
 def open_draw_page() -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=120).run()
-    app.switch_page("pages/draw.py").run()
-    assert not app.exception, app.exception
-    return app
+    return open_page("pages/draw.py", timeout=120)
 
 
 def draw(app: AppTest, slot: str, strokes: list, **options) -> None:

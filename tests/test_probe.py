@@ -7,11 +7,11 @@ import json
 import types
 from pathlib import Path
 
-import pyarrow
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from apptests import chart_rows, open_page
 from fake_runs import record, run_folder
 from fewshot import cli, maml, metrics, notebook_loop, plots, probe, training
 from fewshot.checkpoints import load_checkpoint
@@ -20,7 +20,6 @@ from fewshot.models import build_model
 from fewshot.tasks import TaskSampler
 
 TOLERANCE = 1e-10  # float64; relative to the numbers compared
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
 def learn2learn_gradient(model, batch, steps: int, first_order: bool) -> dict:
@@ -188,15 +187,7 @@ def compare_page(runs_folder: Path, monkeypatch, *fake_runs) -> AppTest:
         launch = json.dumps({"pid": None, "started": 0.0, "comparison": "c",
                              "config": Config(algorithm=algorithm, iterations=6).to_dict()})
         run_folder(runs_folder, name, launch=launch, metrics=records)
-    app = AppTest.from_file(APP, default_timeout=60).run()
-    app.switch_page("pages/compare.py").run()
-    assert not app.exception, app.exception
-    return app
-
-
-def chart_rows(chart) -> list:
-    """The rows of a Vega-Lite chart of the page (Arrow), as dicts."""
-    return pyarrow.ipc.open_stream(chart.proto.data.data).read_all().to_pylist()
+    return open_page("pages/compare.py")
 
 
 def page_text(app: AppTest) -> str:
