@@ -15,6 +15,7 @@ write goes to a temporary file first, then takes the old one's place (files.py).
 
 import dataclasses
 import json
+import os
 import reprlib
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from . import __version__, files
-from .config import Config
+from .config import Config, open_regular
 from .models import build_model
 
 FORMAT = "fewshot-checkpoint-v1"
@@ -41,6 +42,9 @@ WHOLE_NUMBER_BOUNDS = {name: (0 if name == "iterations" else FIELDS[name]["at_le
 MAX_INNER_LR = FIELDS["inner_lr"]["at_most"]
 CHOICES = {name: FIELDS[name]["choices"] for name in ("backbone", "algorithm", "split")}
 MAX_METADATA_CHARS = 64 * 1024  # a trained model's takes about 1 KiB
+# A trained model's safetensors header (its tensors' names, shapes and offsets, and the metadata) takes a few KiB;
+# safetensors parses up to 100 MB, which took 9 s and 1.1 GB (a 16 MB upload: 1 s and 220 MB, at every rerun).
+MAX_HEADER_BYTES = 1 << 20
 INNER_LR = "inner_lr."  # the prefix of the learned inner learning rates' tensors
 
 
@@ -137,17 +141,17 @@ def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
     tensors, header = _read(path)
     if header.get("format") != TRAINING_STATE_FORMAT:
         raise CheckpointError(f"{Path(path).name} is not a fewshot training state ({TRAINING_STATE_FORMAT}).")
-    weights, rates, state = {}, {}, {}
-    for name, value in tensors.items():
-        part, rest = name.split(".", 1)
-        if part == "model":
-            weights[rest] = value
-        elif name.startswith(INNER_LR):
-            rates[rest] = value
-        else:
-            index, key = rest.split(".", 1)
-            state.setdefault(int(index), {})[key] = value.reshape(()) if key == "step" else value
-    try:
+    try:  # a damaged file's tensor names, shapes or settings too
+        weights, rates, state = {}, {}, {}
+        for name, value in tensors.items():
+            part, rest = name.split(".", 1)
+            if part == "model":
+                weights[rest] = value
+            elif name.startswith(INNER_LR):
+                rates[rest] = value
+            else:
+                index, key = rest.split(".", 1)
+                state.setdefault(int(index), {})[key] = value.reshape(()) if key == "step" else value
         model.load_state_dict(weights)
         if rates.keys() != (inner_lrs or {}).keys():
             raise ValueError(f"it has {'' if rates else 'no '}learned inner learning rates")
@@ -155,9 +159,9 @@ def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
             for name, saved in rates.items():
                 inner_lrs[name].copy_(saved)
         optimizer.load_state_dict({"state": state, "param_groups": json.loads(header["param_groups"])})
-    except (RuntimeError, ValueError, KeyError) as error:
+        return int(header["iterations"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{Path(path).name} does not fit this run's model: {error}".splitlines()[0]) from None
-    return int(header["iterations"])
 
 
 def _read(path: Path) -> tuple[dict, dict]:
@@ -167,12 +171,24 @@ def _read(path: Path) -> tuple[dict, dict]:
 
 
 def _open(path: Path):
-    """The safetensors file at `path`, open: its header is read and checked, its tensors' data not yet."""
-    if not path.is_file():
-        raise CheckpointError(f"No checkpoint at {path}.")
+    """The safetensors file at `path`, open: its header is read and checked, its tensors' data not yet.
+
+    The file is opened once (open_regular) and checked as it is, a regular file whose header is at most
+    MAX_HEADER_BYTES, before safetensors reads it through its descriptor (/dev/fd): no FIFO, whose open waits
+    for a writer, and no other file can take its name meanwhile.
+    """
     try:
-        return safe_open(str(path), framework="pt")
-    except (SafetensorError, OSError, ValueError) as error:
+        with open_regular(path) as f:
+            header_bytes = int.from_bytes(f.read(8), "little")
+            if MAX_HEADER_BYTES < header_bytes <= os.fstat(f.fileno()).st_size:  # a longer one: another format
+                raise CheckpointError(f"{path.name}: its safetensors header takes {header_bytes:,} bytes, more "
+                                      f"than the {MAX_HEADER_BYTES:,} a checkpoint's may.")
+            return safe_open(f"/dev/fd/{f.fileno()}", framework="pt")
+    except FileNotFoundError:
+        raise CheckpointError(f"No checkpoint at {path}.") from None
+    except CheckpointError:
+        raise
+    except (SafetensorError, OSError, ValueError) as error:  # ValueError: no regular file (open_regular)
         reason = str(error).replace(str(path), path.name)  # not its folder: an upload's is the server's temp folder
         raise CheckpointError(f"{path.name} is not a readable safetensors file: corrupt, truncated, or "
                               f"another format ({reason}).") from None

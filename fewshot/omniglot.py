@@ -24,6 +24,9 @@ DRAWINGS_PER_CHARACTER = 20
 SETS = ("images_background", "images_evaluation")
 CACHE_VERSION = "1"
 SPLITS = ("lake", "maml-paper")
+# Omniglot's drawings have 105 x 105 pixels. PIL decodes up to 179 million, from a PNG of kilobytes: seconds and
+# hundreds of MB for each such drawing.
+MAX_DRAWING_PIXELS = 1000 * 1000
 
 # Omniglot's alphabets and how many characters each has: 30 background alphabets (964 characters), 20
 # evaluation alphabets (659 characters). A dataset with less, a copy cut short, is refused. Tests replace it.
@@ -101,14 +104,19 @@ def _list_drawings(folder: Path) -> dict[str, list]:
     """Each character ("images_background/<alphabet>/<character>") with its PNG files as sorted (name, size).
 
     Only directory listings and file sizes, no image decoding: a fraction of a second for all of Omniglot.
+    DatasetNotFound for what cannot be listed: a link to nowhere, a folder that may not be read.
     """
     drawings = {}
-    for name in SETS:
-        for alphabet in _sorted_folders(folder / name):
-            for character in _sorted_folders(alphabet.path):
-                with os.scandir(character.path) as entries:
-                    pngs = sorted((e.name, e.stat().st_size) for e in entries if e.name.endswith(".png"))
-                drawings[f"{name}/{alphabet.name}/{character.name}"] = pngs
+    try:
+        for name in SETS:
+            for alphabet in _sorted_folders(folder / name):
+                for character in _sorted_folders(alphabet.path):
+                    with os.scandir(character.path) as entries:
+                        pngs = sorted((e.name, e.stat().st_size) for e in entries if e.name.endswith(".png"))
+                    drawings[f"{name}/{alphabet.name}/{character.name}"] = pngs
+    except OSError as error:
+        raise DatasetNotFound(f"Omniglot in {folder} cannot be read ({error}): copy it again, or delete that "
+                              f"folder to download it again.") from None
     return drawings
 
 
@@ -186,11 +194,18 @@ def _preprocess(root: Path, drawings: dict) -> torch.Tensor:
 
 
 def _read_drawing(root: Path, relative_path: str) -> np.ndarray:
+    """The drawing at `relative_path`, preprocessed; DatasetNotFound for a file that is no drawing: corrupt, no
+    regular file (a FIFO's read would wait for a writer), or of more than MAX_DRAWING_PIXELS."""
+    from .config import open_regular  # not at the top: config imports this module
     try:
-        with Image.open(root / relative_path) as image:
+        with open_regular(root / relative_path) as f, Image.open(f) as image:  # reads the PNG's header only
+            if image.width * image.height > MAX_DRAWING_PIXELS:
+                raise DatasetNotFound(f"{relative_path} in {root} has {image.width} x {image.height} pixels, more "
+                                      f"than the {MAX_DRAWING_PIXELS:,} a drawing may (Omniglot's have 105 x 105): "
+                                      f"copy it again from the original Omniglot.")
             image.load()  # PIL reads lazily: decode the whole file here, where a bad one is caught
             return preprocess_drawing(image)
-    except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for a corrupt or truncated PNG
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # PIL's, open_regular's
         raise DatasetNotFound(f"{relative_path} in {root} is corrupt or truncated: copy it again "
                               f"from the original Omniglot.") from error
 

@@ -1,6 +1,9 @@
+import contextlib
 import dataclasses
 import json
 import math
+import os
+import subprocess
 
 import pytest
 import torch
@@ -398,3 +401,81 @@ def test_per_step_batch_norm_that_does_not_match_the_metadata_is_refused(tmp_pat
 def test_per_step_batch_norm_for_no_inner_step_is_refused_before_building(tmp_path, nothing_built):
     metadata = metadata_with(inner_steps=0, per_step_bn=True)
     assert "per-step batch norm for 0 inner steps" in refusal(crafted(tmp_path / "m.safetensors", metadata))
+
+
+@pytest.mark.parametrize("padding", [
+    pytest.param(lambda tensors: ({"padding": "x" * 2_000_000}, tensors), id="metadata"),
+    pytest.param(lambda tensors: ({}, tensors | {f"empty{i}": torch.zeros(0) for i in range(30_000)}),
+                 id="tensor-entries"),
+])
+def test_a_header_over_the_bound_is_refused_before_it_is_parsed(tmp_path, monkeypatch, padding):
+    """safetensors parses headers of up to 100 MB: for a 16 MB upload that took a second and 220 MB at every
+    rerun of the page, for a file in runs/ 9 s and 1.1 GB. A trained model's header takes a few kilobytes."""
+    metadata, tensors = padding(build_model("conv", 5, 8, 3).state_dict())
+    path = tmp_path / "padded.safetensors"
+    save_file(tensors, str(path), metadata={"format": FORMAT, "fewshot": metadata_with(), **metadata})
+    monkeypatch.setattr(checkpoints, "safe_open", lambda *args, **kwargs: pytest.fail("the header was parsed"))
+    message = refusal(path)
+    assert "its safetensors header takes" in message and f"more than the {checkpoints.MAX_HEADER_BYTES:,}" in message
+
+
+@contextlib.contextmanager
+def writer_after(fifo, seconds=5):
+    """A process that opens `fifo` for writing after `seconds`: a read that waits for a writer then ends (reading
+    nothing), rather than the test hanging. (The wait holds Python's lock: no thread of the test could end it.)"""
+    process = subprocess.Popen(["sh", "-c", 'sleep "$1"; exec 3> "$0"', str(fifo), str(seconds)])
+    try:
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_the_file_read_is_the_file_checked_even_if_a_fifo_takes_its_name_meanwhile(tmp_path, monkeypatch):
+    """Opening a FIFO waits for a writer: Draw's menu of checkpoints would wait forever. The file is opened once,
+    then checked and read as opened: a FIFO that takes its name between the check and the read changes nothing."""
+    path = tmp_path / "m.safetensors"
+    model = saved_model(path)
+    os.mkfifo(tmp_path / "fifo")
+    read = checkpoints.safe_open
+
+    def fifo_takes_the_name_then_read(*args, **kwargs):
+        os.replace(tmp_path / "fifo", path)
+        return read(*args, **kwargs)
+    monkeypatch.setattr(checkpoints, "safe_open", fifo_takes_the_name_then_read)
+    with writer_after(path):
+        loaded, _ = load_checkpoint(path)
+    x = torch.rand(6, 1, 28, 28)
+    assert torch.equal(model(x), loaded(x))
+
+
+def test_a_link_to_a_device_is_refused_as_no_regular_file(tmp_path):
+    (tmp_path / "zero.safetensors").symlink_to("/dev/zero")
+    assert "zero.safetensors is not a regular file" in refusal(tmp_path / "zero.safetensors")
+
+
+@pytest.mark.parametrize("damage", [
+    pytest.param(lambda tensors, header: (tensors, {k: v for k, v in header.items() if k != "iterations"}),
+                 id="no-iterations"),
+    pytest.param(lambda tensors, header: (tensors, header | {"iterations": "many"}), id="iterations-text"),
+    pytest.param(lambda tensors, header: (tensors | {"weights": torch.zeros(1)}, header), id="name-without-a-dot"),
+    pytest.param(lambda tensors, header: (tensors | {"optimizer.first.step": torch.zeros(1)}, header),
+                 id="index-no-number"),
+    pytest.param(lambda tensors, header: (tensors | {"optimizer.0.step": torch.zeros(2)}, header), id="two-steps"),
+    pytest.param(lambda tensors, header: (tensors, header | {"param_groups": "5"}), id="param_groups-number"),
+])
+def test_a_damaged_training_state_gives_a_checkpoint_error(tmp_path, damage):
+    """What a resumed run's process reports in one line, where a KeyError, TypeError or RuntimeError would be a
+    traceback in its log."""
+    model = build_model("conv", 5, 8, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.rand(2, 1, 28, 28)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "state.safetensors"
+    save_training_state(path, model.state_dict(), optimizer, iterations=3)
+    with safe_open(str(path), framework="pt") as f:
+        tensors, header = damage({name: f.get_tensor(name) for name in f.keys()}, f.metadata())
+    save_file(tensors, str(path), metadata=header)
+    fresh = build_model("conv", 5, 8, 2)
+    with pytest.raises(CheckpointError, match="state.safetensors does not fit this run's model: "):
+        load_training_state(path, fresh, torch.optim.Adam(fresh.parameters()))

@@ -12,6 +12,7 @@ import fewshot.config
 import fewshot.omniglot
 from fewshot.config import default_data_root
 from fewshot.omniglot import DatasetNotFound, load_omniglot, split_characters
+from waiting import outcome_within
 
 TINY = {"images_background": {"Alpha": 2}, "images_evaluation": {"Beta": 1, "Gamma": 1}}
 
@@ -212,3 +213,40 @@ def test_unreadable_cache_is_rebuilt(tiny):
     (cache,) = (tiny.parent / "cache").iterdir()
     cache.write_bytes(os.urandom(1000))
     assert torch.equal(load_tiny(tiny).ink, first.ink)
+
+
+def refusal(root) -> str:
+    """The message load_omniglot refuses the dataset at `root` with: one line."""
+    with pytest.raises(DatasetNotFound) as refused:
+        load_tiny(root)
+    assert "\n" not in str(refused.value)
+    return str(refused.value)
+
+
+DRAWING = "omniglot-py/images_evaluation/Beta/character01/07.png"
+
+
+def test_a_fifo_among_the_drawings_is_refused_not_waited_for(tiny):
+    """Opening a FIFO waits for a writer: every page that reads Omniglot would wait for ever, the whole class'."""
+    (tiny / DRAWING).unlink()
+    os.mkfifo(tiny / DRAWING)
+    refused = outcome_within(lambda: load_tiny(tiny))
+    assert isinstance(refused, DatasetNotFound) and f"{DRAWING} in {tiny}" in str(refused)
+
+
+@pytest.mark.parametrize("link", ["nowhere.png", "07.png"], ids=["dangling", "loop"])
+def test_a_drawing_that_links_nowhere_is_named_in_a_dataset_not_found(tiny, link):
+    """An OSError would be a traceback on the Draw page, which catches DatasetNotFound."""
+    (tiny / DRAWING).unlink()
+    (tiny / DRAWING).symlink_to(link)
+    assert "07.png" in refusal(tiny)
+
+
+@pytest.mark.parametrize("size", [(3000, 3000), (400, 400)], ids=["9-megapixels", "over-PIL's-limit"])
+def test_a_drawing_huge_in_pixels_is_refused_before_it_is_decoded(tiny, monkeypatch, size):
+    """A PNG of a few kilobytes can hold 178 million pixels, which PIL decodes (seconds and hundreds of MB, for
+    each such drawing) and above which it raises DecompressionBombError, no OSError."""
+    if size == (400, 400):  # PIL's limit, scaled down: the error of a 20,000 x 20,000 PNG, without one
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # it raises above twice as many
+    Image.new("1", size, 1).save(tiny / DRAWING)
+    assert DRAWING in refusal(tiny)
