@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from fake_omniglot import TINY, write_fake_omniglot
 from fewshot.config import Config
 
 DATA_ROOT = os.environ.get("FEWSHOT_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "omniglot"))
@@ -50,3 +51,11 @@ def tiny_config(data_root) -> Config:
     """A run that takes seconds: a small conv net, few tasks, few iterations."""
     return Config(data_root=data_root, algorithm="fomaml", channels=8, blocks=2, meta_batch=2, iterations=6,
                   val_every=3, val_tasks=4, checkpoint_every=3, test_tasks=10)
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """The data root of a tiny fake Omniglot, which load_omniglot takes for complete (its ALPHABETS)."""
+    monkeypatch.setattr("fewshot.omniglot.ALPHABETS", TINY)
+    write_fake_omniglot(tmp_path / "data", TINY)
+    return tmp_path / "data"

@@ -278,6 +278,17 @@ def test_the_page_works_without_omniglot(tmp_path, monkeypatch):
     assert not app.exception and f"**{QUERY_NAME}**" in texts(app, "markdown")
 
 
+def test_omniglot_that_cannot_be_cached_is_one_line_not_a_traceback(tiny, tmp_path, monkeypatch):
+    """A first load preprocesses the drawings and writes them to a cache: a full disk or a read-only home
+    (here a cache folder under a file) made Fill from Omniglot a traceback."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("FEWSHOT_DATA", str(tiny))
+    monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "a-file" / "cache"))
+    app = open_draw_page()
+    button(app, "Fill from Omniglot").click().run()
+    assert not app.exception and texts(app, "error").startswith("Could not fill from Omniglot:")
+
+
 def drawn_characters(omniglot, ink) -> list:
     """The characters of which `ink` is one of the drawings."""
     return omniglot.ink.eq(torch.as_tensor(ink)).all(-1).all(-1).any(-1).nonzero()[:, 0].tolist()

@@ -12,9 +12,9 @@ import fewshot.config
 import fewshot.omniglot
 from fewshot.config import default_data_root
 from fewshot.omniglot import DatasetNotFound, load_omniglot, split_characters
+from fake_omniglot import bar_drawing, write_fake_omniglot
 from waiting import outcome_within
 
-TINY = {"images_background": {"Alpha": 2}, "images_evaluation": {"Beta": 1, "Gamma": 1}}
 
 
 def test_layout_and_preprocessing(omniglot):
@@ -121,31 +121,6 @@ def test_data_root_is_env_then_data_then_shared(tmp_path, monkeypatch, environme
     else:
         monkeypatch.setenv("FEWSHOT_DATA", str(places["env"]) if environment == "env" else environment)
     assert default_data_root() == str(places[chosen])
-
-
-def write_fake_omniglot(root, alphabets: dict) -> None:
-    """Omniglot's layout under `root`: {set: {alphabet: characters}}, each character 20 drawings of a bar."""
-    for name, counts in alphabets.items():
-        for alphabet, characters in counts.items():
-            for c in range(1, characters + 1):
-                folder = root / "omniglot-py" / name / alphabet / f"character{c:02d}"
-                folder.mkdir(parents=True)
-                for d in range(20):
-                    bar_drawing(d).save(folder / f"{d:02d}.png")
-
-
-def bar_drawing(d: int, size=(105, 105), mode="1") -> Image.Image:
-    image = Image.new("L", size, 255)
-    image.paste(0, (10 + d, 10, 40 + d, 90))  # a black bar
-    return image.convert(mode)
-
-
-@pytest.fixture
-def tiny(tmp_path, monkeypatch):
-    """The data root of a tiny fake Omniglot, which load_omniglot takes for complete (its ALPHABETS)."""
-    monkeypatch.setattr("fewshot.omniglot.ALPHABETS", TINY)
-    write_fake_omniglot(tmp_path / "data", TINY)
-    return tmp_path / "data"
 
 
 def load_tiny(root):
