@@ -3,7 +3,6 @@ from pathlib import Path
 
 import pytest
 
-from fake_omniglot import TINY, write_fake_omniglot
 from fewshot.config import Config
 
 DATA_ROOT = os.environ.get("FEWSHOT_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "omniglot"))
@@ -56,6 +55,7 @@ def tiny_config(data_root) -> Config:
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
     """The data root of a tiny fake Omniglot, which load_omniglot takes for complete (its ALPHABETS)."""
+    from fake_omniglot import TINY, write_fake_omniglot  # here: test_ci runs this file alone, in a folder of its own
     monkeypatch.setattr("fewshot.omniglot.ALPHABETS", TINY)
     write_fake_omniglot(tmp_path / "data", TINY)
     return tmp_path / "data"
