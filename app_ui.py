@@ -1,7 +1,6 @@
 """Streamlit pieces shared by the pages (pages/): the configuration form, a run's status, progress and curves,
 and Omniglot loaded once per server. It lives outside pages/ so that Streamlit never mistakes it for a page."""
 
-import dataclasses
 import secrets
 import threading
 import time
@@ -9,7 +8,7 @@ import time
 import streamlit as st
 
 from fewshot import access, limits, runs
-from fewshot.config import Config
+from fewshot.config import FIELDS, Config
 from fewshot.omniglot import Omniglot, load_omniglot
 from fewshot.plots import X_AXES, training_curves
 from fewshot.presets import ABOUT, PRESETS, preset
@@ -25,7 +24,6 @@ ADVANCED = ("val_every", "val_tasks", "checkpoint_every", "test_tasks", "test_in
 MAML_PLUS_PLUS = ("multi_step_loss", "cosine_annealing", "second_order_from", "learned_inner_lr", "per_step_bn")
 FORM_FIELDS = [name for names in FORM_GROUPS.values() for name in names] + list(ADVANCED) + list(MAML_PLUS_PLUS)
 FLOAT_STEPS = {"inner_lr": 0.05, "outer_lr": 0.0005}
-FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 STATUS_ICONS = {runs.FINISHED: "check_circle", runs.STOPPED: "stop_circle", runs.FAILED: "error",
                 runs.INTERRUPTED: "power_off", runs.QUEUED: "hourglass_top"}  # Material icons
 NEEDS_KEY = "Needs the instructor key (in the sidebar)."

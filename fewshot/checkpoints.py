@@ -13,7 +13,6 @@ resume, the model and the optimizer state together, lives beside it in a second 
 write goes to a temporary file first, then takes the old one's place (files.py).
 """
 
-import dataclasses
 import json
 import os
 import reprlib
@@ -24,7 +23,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from . import __version__, files
-from .config import Config, open_regular
+from .config import FIELDS, Config
+from .files import open_regular
 from .models import build_model
 
 FORMAT = "fewshot-checkpoint-v1"
@@ -35,12 +35,12 @@ REQUIRED_KEYS = MODEL_KEYS + ("shots", "algorithm", "inner_lr", "inner_steps", "
 # What loading accepts in the metadata: what a Config accepts (iterations may be 0). It is checked before
 # anything is built from it, so that a crafted file can neither make loading take gigabytes or minutes nor end
 # in a traceback.
-FIELDS = {field.name: field.metadata for field in dataclasses.fields(Config)}
-WHOLE_NUMBER_BOUNDS = {name: (0 if name == "iterations" else FIELDS[name]["at_least"], FIELDS[name]["at_most"])
+WHOLE_NUMBER_BOUNDS = {name: (0 if name == "iterations" else FIELDS[name].metadata["at_least"],
+                              FIELDS[name].metadata["at_most"])
                        for name in ("channels", "blocks", "ways", "shots", "inner_steps", "test_inner_steps",
                                     "iterations")}
-MAX_INNER_LR = FIELDS["inner_lr"]["at_most"]
-CHOICES = {name: FIELDS[name]["choices"] for name in ("backbone", "algorithm", "split")}
+MAX_INNER_LR = FIELDS["inner_lr"].metadata["at_most"]
+CHOICES = {name: FIELDS[name].metadata["choices"] for name in ("backbone", "algorithm", "split")}
 MAX_METADATA_CHARS = 64 * 1024  # a trained model's takes about 1 KiB
 # A trained model's safetensors header (its tensors' names, shapes and offsets, and the metadata) takes a few KiB;
 # safetensors parses up to 100 MB, which took 9 s and 1.1 GB (a 16 MB upload: 1 s and 220 MB, at every rerun).

@@ -4,11 +4,11 @@ import dataclasses
 import json
 import math
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import files
+from .files import read_file
 from .omniglot import DRAWINGS_PER_CHARACTER
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -163,6 +163,9 @@ class Config:
         return cls.from_dict(read_json(path))
 
 
+FIELDS = {field.name: field for field in dataclasses.fields(Config)}  # each field by its name
+
+
 def read_json(path: Path):
     """The JSON value the file at `path` holds. json.JSONDecodeError (a ValueError) also for what a damaged or
     hand-edited file in a run's folder may be, which must not break the pages: no regular file or over
@@ -175,30 +178,6 @@ def read_json(path: Path):
         return json.loads(data)  # bytes that are not UTF-8: a UnicodeDecodeError, a ValueError too
     except RecursionError:
         raise json.JSONDecodeError("nested too deep to parse", "", 0) from None
-
-
-def read_file(path: Path, limit: int, tail: bool = False) -> bytes:
-    """The bytes of the regular file at `path` (open_regular): its last `limit` bytes with `tail`, else all of
-    them, and ValueError where they are over `limit`."""
-    with open_regular(path) as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > limit and not tail:
-            raise ValueError(f"{Path(path).name} holds {size:,} bytes, over the {limit:,} read")
-        f.seek(max(0, size - limit))
-        return f.read(limit)  # no more, should it grow meanwhile
-
-
-def open_regular(path: Path, mode: str = "rb"):
-    """The regular file at `path`, open in binary `mode` (reading, or "ab" to append), as safely as a damaged or
-    hand-edited run folder needs: ValueError for a FIFO, whose read (or write) waits forever for the other end, or
-    a device, whose read may never end, both opened without waiting (O_NONBLOCK) and refused before any read. The
-    check is of the file opened, so no other can take its name meanwhile. OSError where open() raises one
-    (FileNotFoundError, IsADirectoryError; for a FIFO opened to append with no reader, ENXIO)."""
-    f = open(path, mode, opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))
-    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-        f.close()
-        raise ValueError(f"{Path(path).name} is not a regular file")
-    return f
 
 
 def field_problem(field: dataclasses.Field, value) -> str | None:

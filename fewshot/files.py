@@ -5,9 +5,13 @@ never share one), is flushed to disk, and then takes the final name in one step:
 that may be overwritten, `os.link` for one that must not be. A reader sees the old file or the new one,
 never a mixture; a failed write leaves the old file and removes its temporary file, and its OSError names
 the file meant, not the temporary one.
+
+Reading a file that a damaged or hand-edited folder may hold: only a regular file, opened without waiting (a FIFO
+would wait for ever for its other end), and a bounded number of its bytes (open_regular, read_file).
 """
 
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,3 +57,27 @@ def create_with(path: Path, write) -> None:
 def _sync(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
+
+
+def read_file(path: Path, limit: int, tail: bool = False) -> bytes:
+    """The bytes of the regular file at `path` (open_regular): its last `limit` bytes with `tail`, else all of
+    them, and ValueError where they are over `limit`."""
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit and not tail:
+            raise ValueError(f"{Path(path).name} holds {size:,} bytes, over the {limit:,} read")
+        f.seek(max(0, size - limit))
+        return f.read(limit)  # no more, should it grow meanwhile
+
+
+def open_regular(path: Path, mode: str = "rb"):
+    """The regular file at `path`, open in binary `mode` (reading, or "ab" to append), as safely as a damaged or
+    hand-edited run folder needs: ValueError for a FIFO, whose read (or write) waits forever for the other end, or
+    a device, whose read may never end, both opened without waiting (O_NONBLOCK) and refused before any read. The
+    check is of the file opened, so no other can take its name meanwhile. OSError where open() raises one
+    (FileNotFoundError, IsADirectoryError; for a FIFO opened to append with no reader, ENXIO)."""
+    f = open(path, mode, opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise ValueError(f"{Path(path).name} is not a regular file")
+    return f

@@ -10,7 +10,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from .config import REPO_ROOT, open_regular
+from .config import REPO_ROOT
+from .files import open_regular
 
 TRAINING_NICENESS = 10  # runs yield the cores to the web server: a click is answered at once, charts keep pace
 

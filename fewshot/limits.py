@@ -8,14 +8,13 @@ no form could use, is an error (ValueError naming the variable): the app checks 
 and shows what to fix, never a traceback.
 """
 
-import dataclasses
 import functools
 import math
 import os
 
 import torch
 
-from .config import DRAWINGS_PER_CHARACTER, Config
+from .config import DRAWINGS_PER_CHARACTER, FIELDS, Config
 from .evaluation import CPU_GROUP
 from .models import FCNet
 from .training import tasks_at_once
@@ -47,7 +46,6 @@ BYTES_PER_WEIGHT = 8  # each task's adapted copy of the weights, and its gradien
 EVALUATION_SHARE = 0.6  # a validation or test task keeps no meta-gradient: 0.5 to 0.6 of a meta-update's task
 LARGEST_SETTING = 10**9  # no whole-number setting above it: no Config field takes more (iterations' at_most), and a
 # form's number field takes at most 2**53 - 1 (Streamlit raises above it)
-FIELDS = {field.name: field for field in dataclasses.fields(Config)}
 
 
 def maximum(name: str) -> int | None:

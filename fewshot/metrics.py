@@ -3,7 +3,7 @@
 A process killed mid-write leaves a last line without its newline; readers wait for the newline, and a
 resumed run cuts the file back to its checkpoint (`truncate`), which drops such a line. A line that is not a
 record (a disk error, a hand edit) is skipped and counted, never fatal. What is read of it is bounded
-(MAX_BYTES), and nothing but a regular file is read (config.read_file).
+(MAX_BYTES), and nothing but a regular file is read (files.read_file).
 """
 
 import json
@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from . import files
-from .config import open_regular, read_file
+from .files import open_regular, read_file
 
 MAX_BYTES = 1 << 28  # 268 MB. A line takes 170 bytes, 1,460 with a first- against second-order probe of the
 # form's largest network (6 blocks) and a validation: 100,000 iterations (limits.MAXIMA), each probed, write 146 MB

@@ -196,9 +196,8 @@ def _preprocess(root: Path, drawings: dict) -> torch.Tensor:
 def _read_drawing(root: Path, relative_path: str) -> np.ndarray:
     """The drawing at `relative_path`, preprocessed; DatasetNotFound for a file that is no drawing: corrupt, no
     regular file (a FIFO's read would wait for a writer), or of more than MAX_DRAWING_PIXELS."""
-    from .config import open_regular  # not at the top: config imports this module
     try:
-        with open_regular(root / relative_path) as f, Image.open(f) as image:  # reads the PNG's header only
+        with files.open_regular(root / relative_path) as f, Image.open(f) as image:  # reads the PNG's header only
             if image.width * image.height > MAX_DRAWING_PIXELS:
                 raise DatasetNotFound(f"{relative_path} in {root} has {image.width} x {image.height} pixels, more "
                                       f"than the {MAX_DRAWING_PIXELS:,} a drawing may (Omniglot's have 105 x 105): "

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import files, launchers, limits, metrics
-from .config import REPO_ROOT, Config, read_file, read_json
+from .config import REPO_ROOT, Config, read_json
+from .files import read_file
 from .omniglot import SETS
 from .training import CHECKPOINT, CONFIG, ENDED, EVALUATION, METRICS, TRAINING_STATE
 
@@ -456,7 +457,7 @@ def dispatch(root: Path | None = None) -> list:
                 for run in group:
                     _launch(run)
             except (OSError, RuntimeError, ValueError) as error:  # a Ray cluster that does not answer (tried
-                # again later), a train.log that is no regular file (config.open_regular)
+                # again later), a train.log that is no regular file (files.open_regular)
                 _record_launch_error(run, error)
                 break
             free, started = free - len(group), started + group

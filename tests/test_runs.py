@@ -273,8 +273,8 @@ def test_metrics_are_read_as_they_grow_by_one_reader_for_every_viewer(tmp_path, 
             bytes_read.append(len(data))
             return data
 
-    monkeypatch.setattr("fewshot.config.open", lambda path, mode, opener: CountedFile(path, opener=opener),
-                        raising=False)  # config.open_regular's, which the reader opens the file with
+    monkeypatch.setattr("fewshot.files.open", lambda path, mode, opener: CountedFile(path, opener=opener),
+                        raising=False)  # files.open_regular's, which the reader opens the file with
     viewer = runs.Run(run.path)  # another page, another session: the same reader
     assert [r["iteration"] for r in viewer.metrics()[-2:]] == [1000, 1001]
     assert 0 < sum(bytes_read) <= 2 * len(appended)  # the new line (and the last one, to see it is still there)
