@@ -676,12 +676,17 @@ def adapt_phases(adapts: list) -> dict:
 
 
 def server_exceptions(log: Path) -> dict:
-    """The last line of each traceback in the server's log (what the page shows of it is redacted), and how
-    many times each came."""
+    """The last line of each traceback in the server's log (what the page shows of it is redacted): how many
+    times each came, and the first whole traceback that ended with it, so that a rare one can be read."""
     lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-    ends = [line for before, line in zip([""] + lines, lines)
-            if before.startswith(" ") and re.match(r"[A-Za-z_.]+(Error|Exception)\b", line)]
-    return {end: ends.count(end) for end in dict.fromkeys(ends)}
+    found, start = {}, 0
+    for i, (before, line) in enumerate(zip([""] + lines, lines)):
+        if line.startswith("Traceback"):
+            start = i
+        elif before.startswith(" ") and re.match(r"[A-Za-z_.]+(Error|Exception)\b", line):
+            seen = found.setdefault(line, {"count": 0, "traceback": "\n".join(lines[start:i + 1])})
+            seen["count"] += 1
+    return found
 
 
 def normal_answer(text: str) -> bool:
@@ -741,8 +746,8 @@ def print_table(report: dict) -> None:
         print(f"session {trouble['session']} filled the Train page's form again: {trouble['trouble'][:150]}")
     for text in report["warnings"]:
         print(f"warning shown: {first_line(text)}")
-    for end, count in report["server_exceptions"].items():
-        print(f"in the server's log, {count} times: {end}")
+    for end, seen in report["server_exceptions"].items():
+        print(f"in the server's log, {seen['count']} times: {end}; the first:\n{seen['traceback']}")
     print("\n".join(["problems:"] + [f"  {p}" for p in report["problems"]]) if report["problems"] else "no problem")
 
 

@@ -89,3 +89,27 @@ def test_the_cpus_given_to_the_server_and_the_browser_are_read_as_taskset_writes
     args = load_test.parse(["--server-cpus", "0-1", "--browser-cpus", "2"])
     assert (args.server_cpus, args.browser_cpus) == ([0, 1], [2])
     assert load_test.cpu_sets(vars(args)) == ", the server on CPUs 0,1, the browser on CPUs 2"
+
+
+def test_each_exception_in_the_servers_log_is_counted_with_its_first_whole_traceback(tmp_path):
+    """A rare exception in the server (a race met once in a CI run) must come with where it was raised."""
+    log = tmp_path / "streamlit.log"
+    log.write_text("\n".join([
+        "2026-12-01 05:00:00.000 Uncaught app execution",
+        "Traceback (most recent call last):",
+        '  File "state.py", line 956, in _call_callbacks',
+        "    for wid in self._new_widget_state:",
+        "RuntimeError: dictionary changed size during iteration",
+        "an ordinary line",
+        "Traceback (most recent call last):",
+        '  File "other.py", line 3, in f',
+        "RuntimeError: dictionary changed size during iteration",
+        "Traceback (most recent call last):",
+        '  File "draw.py", line 9, in g',
+        "ValueError: bad drawing"]))
+    found = load_script("load_test").server_exceptions(log)
+    race = found["RuntimeError: dictionary changed size during iteration"]
+    assert race["count"] == 2 and race["traceback"].splitlines()[0] == "Traceback (most recent call last):"
+    assert 'File "state.py", line 956' in race["traceback"] and "other.py" not in race["traceback"]
+    assert found["ValueError: bad drawing"] == {"count": 1, "traceback": "\n".join([
+        "Traceback (most recent call last):", '  File "draw.py", line 9, in g', "ValueError: bad drawing"])}
