@@ -21,7 +21,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from . import limits
-from .checkpoints import CheckpointError, inner_lr_of, load_checkpoint
+from .checkpoints import inner_lr_of, load_checkpoint
 from .maml import last_step, query_logits, step_size
 from .omniglot import Omniglot
 
@@ -226,17 +226,20 @@ def _modified(path: Path) -> float:
         return 0.0
 
 
+def load_adaptable(path: Path):
+    """The checkpoint at `path` for the pages to adapt: (model, metadata), or CheckpointError, also for a model
+    larger than the Train form allows (limits.maximum of channels and blocks). Every session adapts on one model at
+    a time (MODEL_IN_USE): an upload of 16 MB of weights, or a file of a command-line run with 512 channels, can
+    take 5 times the compute of the largest model the form trains, all sessions waiting."""
+    return load_checkpoint(path, largest={key: limits.maximum(key) for key in ("channels", "blocks")})
+
+
 def load_uploaded_checkpoint(name: str, data: bytes):
-    """A checkpoint from uploaded bytes: (model, metadata), or CheckpointError naming the upload."""
+    """A checkpoint from uploaded bytes: (model, metadata), or CheckpointError naming the upload (load_adaptable)."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / upload_name(name)
         path.write_bytes(data)
-        model, metadata = load_checkpoint(path)
-    too_large = [f"{key} {metadata[key]} (at most {limits.maximum(key)})" for key in ("channels", "blocks")
-                 if metadata["backbone"] == "conv" and metadata[key] > limits.maximum(key)]
-    if too_large:  # 16 MB of weights can take 5 times the compute of the largest model the Train form allows
-        raise CheckpointError(f"{path.name}: its model is larger than this server adapts: {', '.join(too_large)}.")
-    return model, metadata
+        return load_adaptable(path)
 
 
 def upload_name(name: str) -> str:

@@ -91,16 +91,18 @@ def save_checkpoint(path: Path, model: torch.nn.Module | dict, metadata: dict) -
     _atomic_save(path, tensors, {"format": FORMAT, "fewshot": json.dumps(settings)})
 
 
-def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
+def load_checkpoint(path: Path, largest: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """The model, with its weights, and the checkpoint's metadata; CheckpointError if the file is unusable.
 
     Each check comes before what it guards, so that a crafted file costs neither memory nor time: the metadata
     before anything is built from it, the tensors' names, shapes and dtypes in the file's header before their
-    data is read, and their values before they go into the model.
+    data is read, and their values before they go into the model. `largest` ({"channels": 256, "blocks": 6}) refuses
+    a conv model with more, from its metadata, before its weights are read: the app's limits (adaptation.py).
     """
     path = Path(path)
     with _open(path) as f:
         metadata = _metadata(path.name, f.metadata() or {})
+        _check_size(path.name, metadata, largest or {})
         _check_weights(path.name, _shapes(metadata), f)
         tensors = {name: f.get_tensor(name) for name in f.keys()}
     not_finite = [name for name, tensor in tensors.items() if not tensor.isfinite().all()]
@@ -245,6 +247,14 @@ def _check_setting(name: str, key: str, value) -> None:
         return
     if not allowed:
         raise CheckpointError(f"{name}: its metadata gives {key} as {reprlib.repr(value)}, which is not {wanted}.")
+
+
+def _check_size(name: str, metadata: dict, largest: dict) -> None:
+    """CheckpointError if the metadata's conv model has more of a size (channels, blocks) than `largest` allows."""
+    too_large = [f"{key} {metadata[key]} (at most {most})" for key, most in largest.items()
+                 if metadata["backbone"] == "conv" and metadata[key] > most]
+    if too_large:
+        raise CheckpointError(f"{name}: its model is larger than this server adapts: {', '.join(too_large)}.")
 
 
 def _shapes(metadata: dict) -> dict:

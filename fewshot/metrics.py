@@ -19,6 +19,7 @@ MAX_BYTES = 1 << 28  # 268 MB. A line takes 170 bytes, 1,460 with a first- again
 # form's largest network (6 blocks) and a validation: 100,000 iterations (limits.MAXIMA), each probed, write 146 MB
 
 MAX_WHOLE = 2**53  # the largest whole numbers a float holds exactly
+MIN_SPAN = 5e-5  # seconds. Training writes its times to 4 decimals: an iteration takes 0.0001 s or more
 REQUIRED_NUMBERS = ("seconds", "train_loss", "train_accuracy")
 PROBE_NUMBERS = ("cosine", "norm_ratio", "dropped_norm", "g2_norm")  # a "probe" holds them (probe.py), overall
 # and under "layers" for each layer
@@ -73,6 +74,14 @@ def _is_probe(probe) -> bool:
     """Whether a record's "probe" has the shape training writes: a dict, and a dict of dicts under "layers"."""
     return (isinstance(probe, dict) and isinstance(probe.get("layers"), dict)
             and all(isinstance(layer, dict) for layer in probe["layers"].values()))
+
+
+def spans(records: list) -> list:
+    """(seconds, record) for each record after the first whose time is at least MIN_SPAN after the one before's:
+    how long its iteration took. A time that goes back or stands still (a hand edit) is no iteration's: that span is
+    left out, so that a speed or a time left computed from the spans is never negative, infinite or absurd."""
+    return [(record["seconds"] - before["seconds"], record) for before, record in zip(records, records[1:])
+            if record["seconds"] - before["seconds"] >= MIN_SPAN]
 
 
 def read(path: Path) -> tuple[list, int]:

@@ -7,6 +7,7 @@ Lanczos filter, and ink becomes 1.0 on a background of 0.0.
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +25,11 @@ DRAWINGS_PER_CHARACTER = 20
 SETS = ("images_background", "images_evaluation")
 CACHE_VERSION = "1"
 SPLITS = ("lake", "maml-paper")
-# Omniglot's drawings have 105 x 105 pixels. PIL decodes up to 179 million, from a PNG of kilobytes: seconds and
-# hundreds of MB for each such drawing.
+# Omniglot's drawings have 105 x 105 pixels, the Draw page's canvases 140 x 140. PIL decodes up to 179 million, from
+# a PNG of kilobytes that a damaged file or a tampered browser may hold: seconds and hundreds of MB for each. (Here
+# rather than in limits.py, which imports this module through config.py.)
 MAX_DRAWING_PIXELS = 1000 * 1000
+FAILURES_REMEMBERED = 4  # datasets whose corrupt drawing load_omniglot remembers (_preprocess)
 
 # Omniglot's alphabets and how many characters each has: 30 background alphabets (964 characters), 20
 # evaluation alphabets (659 characters). A dataset with less, a copy cut short, is refused. Tests replace it.
@@ -52,6 +55,10 @@ ALPHABETS = {
 
 class DatasetNotFound(RuntimeError):
     """Omniglot is missing, incomplete or has a corrupt drawing; the message says what and what to do."""
+
+
+_failures = {}  # (folder, listing key) -> (a refusal's message, the drawing refused, its _version then), oldest first
+_failures_lock = threading.Lock()
 
 
 @dataclass
@@ -150,21 +157,41 @@ def _first_few(names: list, shown: int = 3) -> str:
     return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
+def _listing_key(drawings: dict) -> str:
+    """A name for the listing of the drawings: their files and sizes (_list_drawings)."""
+    return hashlib.sha1(json.dumps(drawings).encode()).hexdigest()[:12]
+
+
 def _cache_path(drawings: dict, cache_dir: str | None) -> Path:
     cache_dir = Path(cache_dir or os.environ.get("FEWSHOT_CACHE") or Path.home() / ".cache" / "fewshot")
-    key = hashlib.sha1(json.dumps(drawings).encode()).hexdigest()[:12]
-    return cache_dir / f"omniglot{IMAGE_SIZE}-v{CACHE_VERSION}-{key}.safetensors"
+    return cache_dir / f"omniglot{IMAGE_SIZE}-v{CACHE_VERSION}-{_listing_key(drawings)}.safetensors"
 
 
 def _read_cache(cache: Path, characters: list) -> torch.Tensor | None:
-    """The cached drawings of `characters`; None when the file is missing, unreadable or of other characters."""
+    """The cached drawings of `characters`; None when the file is missing, unreadable, of other characters, or
+    larger than theirs (_cache_bytes). As checkpoints are read: the file is opened once, as a regular file
+    (files.open_regular: a FIFO at its name would wait for ever), and its size checked before safetensors parses it
+    through the descriptor."""
+    shape = [len(characters), DRAWINGS_PER_CHARACTER, IMAGE_SIZE, IMAGE_SIZE]
     try:
-        with safe_open(str(cache), framework="pt") as f:
-            if json.loads(f.metadata()["characters"]) == characters:
-                return f.get_tensor("grey")
+        with files.open_regular(cache) as file:
+            if os.fstat(file.fileno()).st_size > _cache_bytes(characters):
+                return None
+            with safe_open(f"/dev/fd/{file.fileno()}", framework="pt") as f:
+                grey = f.get_slice("grey")
+                if (f.metadata()["characters"] == json.dumps(characters) and grey.get_dtype() == "U8"
+                        and grey.get_shape() == shape):
+                    return f.get_tensor("grey")
     except (OSError, SafetensorError, KeyError, TypeError, ValueError):  # TypeError: no metadata at all
         pass
     return None
+
+
+def _cache_bytes(characters: list) -> int:
+    """The most bytes the cache of `characters` takes: its drawings, one byte a pixel (25 MB for Omniglot), after a
+    header that names the characters (77 KB), as JSON in a JSON string."""
+    header = len(json.dumps(json.dumps(characters))) + 1024  # and the drawings' shape, the version
+    return 8 + header + len(characters) * DRAWINGS_PER_CHARACTER * IMAGE_SIZE * IMAGE_SIZE
 
 
 def _ensure_present(root: Path, download: bool) -> None:
@@ -185,12 +212,47 @@ def _ensure_present(root: Path, download: bool) -> None:
 
 
 def _preprocess(root: Path, drawings: dict) -> torch.Tensor:
+    """Every drawing, preprocessed; DatasetNotFound for the first that is no drawing (_read_drawing).
+
+    Streamlit caches no failure: every visit of every page would decode the drawings again, up to that one. So
+    the refusal is remembered for these folders and this listing (the cache's key) and raised again at once, while
+    the drawing refused is unchanged. A changed listing, or that drawing written or replaced (copied again, of the
+    same size too), is tried again. The last FAILURES_REMEMBERED refusals are kept.
+    """
+    key = (root, _listing_key(drawings))
+    remembered = _failures.get(key)
+    if remembered is not None:
+        message, drawing, version = remembered
+        if _version(root / drawing) == version:
+            raise DatasetNotFound(message)
     grey = np.empty((len(drawings), DRAWINGS_PER_CHARACTER, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     for c, (character, pngs) in enumerate(tqdm(drawings.items(), desc="Preprocessing Omniglot (once)",
                                                unit="character")):
         for d, (name, _size) in enumerate(pngs):
-            grey[c, d] = _read_drawing(root, f"omniglot-py/{character}/{name}")
+            drawing = f"omniglot-py/{character}/{name}"
+            try:
+                grey[c, d] = _read_drawing(root, drawing)
+            except DatasetNotFound as refusal:
+                _remember_failure(key, (str(refusal), drawing, _version(root / drawing)))
+                raise
     return torch.from_numpy(grey)
+
+
+def _remember_failure(key: tuple, failure: tuple) -> None:
+    with _failures_lock:
+        _failures.pop(key, None)  # to the end: the newest
+        _failures[key] = failure
+        while len(_failures) > FAILURES_REMEMBERED:
+            del _failures[next(iter(_failures))]  # the oldest
+
+
+def _version(path: Path) -> tuple | None:
+    """What changes when a file is written or replaced: its inode, size and times; None where it cannot be read."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
 def _read_drawing(root: Path, relative_path: str) -> np.ndarray:

@@ -13,8 +13,8 @@ import streamlit as st
 
 import app_ui as ui
 from fewshot import challenge, runs, scoreboard
-from fewshot.adaptation import idle_threads, ways_of
-from fewshot.checkpoints import CheckpointError, load_checkpoint
+from fewshot.adaptation import idle_threads, load_adaptable, ways_of
+from fewshot.checkpoints import CheckpointError
 from fewshot.config import Config
 from fewshot.omniglot import DatasetNotFound
 from fewshot.plots import ink_picture
@@ -41,7 +41,7 @@ def unseen_characters(data_root: str):
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=4)
 def shipped_model(path: str, modified: float):
-    return load_checkpoint(Path(path))
+    return load_adaptable(Path(path))
 
 
 @st.cache_data(ttl=ROOM_REFRESH_S, show_spinner=False)
@@ -176,6 +176,7 @@ def show_room(board) -> None:
 
 
 st.title("You against the model")
+ui.settings_checked()  # a fresh server serves this page alone, without app.py; loading the model reads the limits
 st.caption("One drawing each of characters you have never seen, then new drawings: which is which? The MAML "
            "model gets the same tasks and a few gradient steps on the same drawings. Settings in the sidebar.")
 if not ui.dataset_warning():

@@ -21,14 +21,14 @@ from streamlit_drawable_canvas import st_canvas  # imported here only: it needs 
 
 from fewshot import runs
 from fewshot.adaptation import (UNFAMILIAR, adapt_and_classify, adaptation_settings, checkpoint_label, classify,
-                                describe_checkpoint, find_checkpoints, idle_threads, load_uploaded_checkpoint, novelty,
-                                omniglot_examples, upload_name, ways_of)
+                                describe_checkpoint, find_checkpoints, idle_threads, load_adaptable,
+                                load_uploaded_checkpoint, novelty, omniglot_examples, upload_name, ways_of)
 from fewshot.adaptation_plots import adaptation_curves, probability_bars
-from fewshot.checkpoints import CheckpointError, load_checkpoint
+from fewshot.checkpoints import CheckpointError
 from fewshot.config import Config
 from fewshot.drawing import BlankDrawing, drawing_to_ink
 from fewshot.maml import last_step
-from fewshot.omniglot import DatasetNotFound, split_characters
+from fewshot.omniglot import MAX_DRAWING_PIXELS, DatasetNotFound, split_characters
 from fewshot.plots import ink_picture
 import app_ui as ui
 
@@ -38,7 +38,6 @@ SLOT_WIDTH = CANVAS_SIZE + TOOLBAR_WIDTH + PREVIEW_SIZE + 8  # a drawing, its to
 GAP = 16  # pixels between a class' slots: Streamlit's "small" gap, 1rem
 MAX_WAYS, MAX_SHOTS, MAX_STEPS = 20, 5, 50
 MAX_NAME = 60  # characters in a class name
-MAX_CANVAS_PIXELS = 1024 * 1024  # a canvas sends a CANVAS_SIZE-square PNG: a larger one is a tampered browser's
 CHART_WIDTH = 440  # two charts side by side on a wide screen, one above the other on a projector
 STILL = {"displayModeBar": False}  # no zoom buttons over the charts' titles
 UPLOAD = "upload"
@@ -96,7 +95,7 @@ def canvas_key(slot) -> str:
 
 @st.cache_resource(show_spinner="Loading the checkpoint ...", max_entries=8)
 def checkpoint_from_file(path: str, modified: float):
-    return warmed_up(Path(path).name, *load_checkpoint(Path(path)))
+    return warmed_up(Path(path).name, *load_adaptable(Path(path)))
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint ...", max_entries=4)
@@ -124,7 +123,7 @@ def model_input(png: bytes) -> np.ndarray | None:
     (a tampered browser's bytes that are no PNG, or a PNG that would take gigabytes to decode)."""
     try:
         image = Image.open(io.BytesIO(png))  # reads the header only
-        if image.width * image.height > MAX_CANVAS_PIXELS:
+        if image.width * image.height > MAX_DRAWING_PIXELS:  # a canvas sends a CANVAS_SIZE-square PNG
             return None
         return drawing_to_ink(np.asarray(image.convert("RGBA"))).numpy()
     except (BlankDrawing, OSError, ValueError, Image.DecompressionBombError):  # PIL's errors are OSError's

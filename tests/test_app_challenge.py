@@ -9,8 +9,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from apptests import open_page
-from fewshot import challenge, scoreboard
-from fewshot.checkpoints import load_checkpoint
+from fewshot import challenge, limits, scoreboard
+from fewshot.checkpoints import checkpoint_metadata, load_checkpoint, save_checkpoint
+from fewshot.config import Config
+from fewshot.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 LETTERS = "ABCDEFGHIJKLMNOPQRST"
@@ -173,6 +175,22 @@ def test_a_model_of_other_ways_is_one_line_before_any_answer(folders):
                                    "not 5.")
     assert not [b for b in app.button if b.key.startswith("challenge_class_")]
     app.radio(key="challenge_ways").set_value(20).run()  # the other level's model is fine
+    assert not app.exception and not app.error
+    play(app, [0] * challenge.QUERIES)
+    assert "So far at 20-way: you" in texts(app, "markdown")
+
+
+def test_a_model_larger_than_the_train_form_allows_is_one_line_and_the_other_level_plays(folders):
+    """A larger model copied over the 5-way model's file: adapting it would make the whole class wait (the Draw
+    page and uploads refuse it the same way, adaptation.load_adaptable)."""
+    channels = limits.maximum("channels") + 1
+    save_checkpoint(folders / "checkpoints" / challenge.MODEL_FILES[5], build_model("conv", 5, channels, 2),
+                    checkpoint_metadata(Config(channels=channels, blocks=2), iterations=1))
+    app = open_challenge_page()
+    assert texts(app, "error") == (f"Cannot use the 5-way model: {challenge.MODEL_FILES[5]}: its model is larger "
+                                   f"than this server adapts: channels {channels} (at most {channels - 1}).")
+    assert not [b for b in app.button if b.key.startswith("challenge_class_")]
+    app.radio(key="challenge_ways").set_value(20).run()
     assert not app.exception and not app.error
     play(app, [0] * challenge.QUERIES)
     assert "So far at 20-way: you" in texts(app, "markdown")

@@ -16,7 +16,7 @@ from torch.func import functional_call
 
 from apptests import open_page
 from canvas_drawings import QUERY, QUERY_NAME, SHAPES, canvas_image, data_url
-from fewshot import maml
+from fewshot import limits, maml
 from fewshot.adaptation import DEFAULT_CHECKPOINT
 from fewshot.checkpoints import checkpoint_metadata, load_checkpoint, save_checkpoint
 from fewshot.config import Config
@@ -250,6 +250,28 @@ def test_a_checkpoint_the_page_cannot_use_shows_an_error(folders, write, message
     app.selectbox(key="draw_checkpoint").set_value(str(path)).run()
     assert not app.exception
     assert f"Cannot use this checkpoint: crafted.safetensors: {message}" in texts(app, "error")
+
+
+def test_a_run_checkpoint_larger_than_the_train_form_allows_is_one_line_and_the_others_stay_usable(folders):
+    """A command-line run may train more channels than the form allows (limits.py): adapting its model would
+    make every session wait, as an upload of it would. Uploads and files on disk meet one check."""
+    channels = limits.maximum("channels") + 1
+    path = folders / "runs" / "cli-run" / "checkpoint.safetensors"
+    path.parent.mkdir(parents=True)
+    save_checkpoint(path, build_model("conv", 5, channels, 2),
+                    checkpoint_metadata(Config(channels=channels, blocks=2), iterations=1))
+    app = open_draw_page()
+    menu = app.selectbox(key="draw_checkpoint")
+    assert "Run: cli-run" in menu.options  # listed still
+    menu.set_value(str(path)).run()
+    assert not app.exception
+    assert texts(app, "error") == (f"Cannot use this checkpoint: checkpoint.safetensors: its model is larger than "
+                                   f"this server adapts: channels {channels} (at most {channels - 1}).")
+    app.selectbox(key="draw_checkpoint").set_value(str(folders / "checkpoints" / DEFAULT_CHECKPOINT)).run()
+    draw_all_classes(app)
+    app.run()
+    button(app, "Adapt").click().run()
+    assert not app.exception and not app.error and f"**{QUERY_NAME}**" in texts(app, "markdown")
 
 
 def test_an_uploaded_checkpoint_is_used(folders):

@@ -479,3 +479,26 @@ def test_a_damaged_training_state_gives_a_checkpoint_error(tmp_path, damage):
     fresh = build_model("conv", 5, 8, 2)
     with pytest.raises(CheckpointError, match="state.safetensors does not fit this run's model: "):
         load_training_state(path, fresh, torch.optim.Adam(fresh.parameters()))
+
+
+def test_a_conv_model_larger_than_the_callers_bound_is_refused_before_its_weights_are_read(tmp_path, monkeypatch):
+    """The app's pages load with the largest sizes the Train form allows (adaptation.load_adaptable): a file of a
+    command-line run with 512 channels takes 5 times the compute of the largest it trains, every session waiting.
+    Its metadata alone refuses it: here the weights are a smaller model's, which checking them would refuse."""
+    path = crafted(tmp_path / "wide.safetensors", metadata_with(channels=64, blocks=4))
+    assert "the weights do not match" in refusal(path)  # what checking the weights says, without a bound
+    monkeypatch.setattr(checkpoints, "build_model", lambda *args: pytest.fail(f"a model was built: {args}"))  # not
+    # even on the meta device, for the weights' shapes
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path, largest={"channels": 32, "blocks": 4})
+    assert str(refused.value) == "wide.safetensors: its model is larger than this server adapts: channels 64 (at most 32)."
+
+
+def test_the_size_bound_lets_models_within_it_and_the_fc_net_through(tmp_path):
+    """The fc net has fixed sizes: the channels and blocks in its metadata build nothing."""
+    path = tmp_path / "fc.safetensors"
+    fc = dataclasses.replace(CONFIG, backbone="fc", channels=512)
+    save_checkpoint(path, build_model("fc", 5, 512, 3), checkpoint_metadata(fc, iterations=1))
+    assert load_checkpoint(path, largest={"channels": 32, "blocks": 3})[1]["channels"] == 512
+    saved_model(tmp_path / "m.safetensors")  # 8 channels, 3 blocks: at the bound
+    assert load_checkpoint(tmp_path / "m.safetensors", largest={"channels": 8, "blocks": 3})[1]["blocks"] == 3

@@ -128,3 +128,16 @@ def test_the_bound_holds_the_largest_run_the_train_form_allows_probed_at_every_i
     assert len(largest["probe"]["layers"]) == limits.MAXIMA["blocks"] + 1  # the blocks and the classifier
     line = len(json.dumps(largest)) + 1
     assert 1.5 * limits.MAXIMA["iterations"] * line <= metrics.MAX_BYTES, line
+
+
+def test_spans_leave_out_times_that_go_back_or_stand_still(tmp_path):
+    """A hand-edited file (or one spliced from two runs): the pages' pace and time left come from these spans, and a
+    negative or zero one gave a negative or infinite speed. Those left, each iteration's own time, are all kept."""
+    path = tmp_path / "metrics.jsonl"
+    seconds = [0.5, 1.0, 1.5, 0.2, 0.7, 0.7, 0.70001, 1.2]  # back at 4, still at 6, a hair (10 us) forward at 7
+    write(path, [json.dumps(record(i, seconds=s)) for i, s in enumerate(seconds, start=1)])
+    records, _ = metrics.read(path)
+    spans = metrics.spans(records)
+    assert [record["iteration"] for _, record in spans] == [2, 3, 5, 8]
+    assert [span for span, _ in spans] == pytest.approx([0.5] * 4, abs=1e-4)
+    assert metrics.spans(records[2:4]) == [] and metrics.spans(records[:1]) == []

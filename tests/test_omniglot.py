@@ -3,10 +3,13 @@ import json
 import os
 import re
 import shutil
+import subprocess
 
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 import fewshot.config
 import fewshot.omniglot
@@ -225,3 +228,100 @@ def test_a_drawing_huge_in_pixels_is_refused_before_it_is_decoded(tiny, monkeypa
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # it raises above twice as many
     Image.new("1", size, 1).save(tiny / DRAWING)
     assert DRAWING in refusal(tiny)
+
+
+def cache_of(root):
+    (cache,) = (root.parent / "cache").iterdir()
+    return cache
+
+
+def test_a_cache_larger_than_its_drawings_is_rebuilt_unread(tiny, monkeypatch):
+    """The cache of 1623 characters takes 25.5 MB: a larger file at its name is not the cache, and is not parsed
+    (safetensors parses headers of up to 100 MB: seconds and gigabytes, at every load)."""
+    first = load_tiny(tiny)
+    os.truncate(cache_of(tiny), 10**9)  # sparse: no gigabyte written
+    monkeypatch.setattr(fewshot.omniglot, "safe_open", lambda *args, **kwargs: pytest.fail("the file was parsed"))
+    assert torch.equal(load_tiny(tiny).ink, first.ink)
+    assert cache_of(tiny).stat().st_size < 10**6  # and rebuilt
+
+
+def test_a_fifo_at_the_cache_name_is_rebuilt_not_waited_for(tiny):
+    """Opening a FIFO waits for a writer, holding Python's lock: every page that loads Omniglot would hang. A writer
+    comes after 10 s, so that the test ends even then, and leaves a mark if the FIFO is still there: opened by it,
+    it ended a wait (a reader that did not wait has replaced the FIFO by then)."""
+    first = load_tiny(tiny)
+    cache = cache_of(tiny)
+    cache.unlink()
+    os.mkfifo(cache)
+    waited = tiny.parent / "waited"
+    writer = subprocess.Popen(["sh", "-c", 'sleep 10; [ -p "$0" ] && exec 3> "$0" && : > "$1"', cache, waited])
+    try:
+        assert torch.equal(load_tiny(tiny).ink, first.ink) and cache.is_file()
+    finally:
+        writer.kill()
+        writer.wait()
+    assert not waited.exists()
+
+
+def test_a_cache_whose_drawings_have_another_shape_is_rebuilt(tiny):
+    first = load_tiny(tiny)
+    cache = cache_of(tiny)
+    with safe_open(str(cache), framework="pt") as f:
+        metadata, grey = f.metadata(), f.get_tensor("grey")
+    save_file({"grey": grey[:, :, :, :27].contiguous()}, str(cache), metadata=metadata)  # smaller: within the bound
+    assert torch.equal(load_tiny(tiny).ink, first.ink)
+
+
+def count_decodes(monkeypatch) -> list:
+    """The drawings read (decoded) from now on in this test, in a list that grows."""
+    read = fewshot.omniglot._read_drawing
+    decoded = []
+
+    def counted(root, relative_path):
+        decoded.append(relative_path)
+        return read(root, relative_path)
+    monkeypatch.setattr(fewshot.omniglot, "_read_drawing", counted)
+    return decoded
+
+
+def test_a_corrupt_drawing_is_not_decoded_again_until_it_changes(tiny, monkeypatch):
+    """Streamlit caches no failure: every page visit of every student decoded the drawings up to the bad one."""
+    png = tiny / DRAWING
+    good = png.read_bytes()
+    png.write_bytes(os.urandom(len(good)))  # damaged in place: the listing (names and sizes) is unchanged
+    decoded = count_decodes(monkeypatch)
+    message = refusal(tiny)
+    assert DRAWING in message and decoded  # the first load decodes up to it
+    decoded.clear()
+    assert refusal(tiny) == message and decoded == []  # the second says the same at once
+    png.write_bytes(good)  # copied again from the original Omniglot: of the same size
+    os.utime(png, ns=(0, 10**18))  # the original's time, as `cp -p` keeps it (and as the clock of file times is
+    # coarse, two writes a millisecond apart may get the same)
+    assert load_tiny(tiny).ink.shape == (4, 20, 28, 28) and DRAWING in decoded
+
+
+def test_a_corrupt_drawing_replaced_by_another_listing_is_tried_again(tiny, monkeypatch):
+    png = tiny / DRAWING
+    good = png.read_bytes()
+    png.write_bytes(good[:len(good) // 2])
+    decoded = count_decodes(monkeypatch)
+    refusal(tiny)
+    png.write_bytes(good)
+    decoded.clear()
+    assert load_tiny(tiny).ink.shape == (4, 20, 28, 28) and DRAWING in decoded
+
+
+def test_the_failures_remembered_are_bounded(tiny, tmp_path, monkeypatch):
+    """Each folder and listing refused takes an entry: the oldest are forgotten (so decoded again)."""
+    monkeypatch.setattr(fewshot.omniglot, "FAILURES_REMEMBERED", 1)
+    (tiny / DRAWING).write_bytes(b"not a png")
+    other = tmp_path / "other"
+    shutil.copytree(tiny, other)
+    decoded = count_decodes(monkeypatch)
+    refusal(tiny)
+    refusal(other)  # the second dataset refused: the first forgotten
+    decoded.clear()
+    refusal(other)
+    assert decoded == []
+    refusal(tiny)
+    assert DRAWING in decoded
