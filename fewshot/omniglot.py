@@ -7,6 +7,7 @@ Lanczos filter, and ink becomes 1.0 on a background of 0.0.
 import hashlib
 import json
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,11 +101,22 @@ def load_omniglot(root: str, cache_dir: str | None = None, download: bool = True
     grey = _read_cache(cache, characters)
     if grey is None:
         grey = _preprocess(root, drawings)
+        _write_cache(cache, grey, characters)
+    return Omniglot(ink=uint8_to_ink(grey), characters=characters)
+
+
+def _write_cache(cache: Path, grey: torch.Tensor, characters: list) -> None:
+    """Keeps the preprocessed drawings for the next load. A cache that cannot be written (a full disk, a read-only
+    home) is said on stderr, and the drawings are used all the same: failing here made every page visit decode
+    the whole dataset again (a server keeps a load that succeeds, not one that raised)."""
+    metadata = {"characters": json.dumps(characters), "version": CACHE_VERSION}
+    try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        metadata = {"characters": json.dumps(characters), "version": CACHE_VERSION}
         data = safetensors.torch.save({"grey": grey}, metadata=metadata)  # bytes: a full disk is an OSError
         files.replace_with(cache, lambda tmp: tmp.write_bytes(data))
-    return Omniglot(ink=uint8_to_ink(grey), characters=characters)
+    except OSError as error:
+        print(f"fewshot: Omniglot's cache could not be written ({error}); it is decoded again at each load. Set "
+              f"FEWSHOT_CACHE to a folder that can be written.", file=sys.stderr, flush=True)
 
 
 def _list_drawings(folder: Path) -> dict[str, list]:

@@ -380,7 +380,7 @@ with st.container(horizontal=True):
                  if missing_data is None else "Omniglot is not on this machine; draw your own characters."):
         try:
             fill_from_omniglot(metadata, ways, shots)
-        except (DatasetNotFound, OSError, ValueError) as error:  # OSError: a cache that cannot be written
+        except (DatasetNotFound, OSError, ValueError) as error:  # OSError: a folder that cannot be read
             st.error(f"Could not fill from Omniglot: {error}", icon=":material/error:")
     st.button("Clear all", icon=":material/delete_sweep:", on_click=clear,
               args=([(c, d) for c in range(MAX_WAYS) for d in range(MAX_SHOTS)] + [QUERY], MAX_WAYS))

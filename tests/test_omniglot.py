@@ -193,6 +193,15 @@ def test_unreadable_cache_is_rebuilt(tiny):
     assert torch.equal(load_tiny(tiny).ink, first.ink)
 
 
+def test_a_cache_that_cannot_be_written_is_said_and_the_drawings_are_used_all_the_same(tiny, tmp_path, capsys):
+    """A full disk or a read-only home: the load succeeds (a server keeps it; a failure it would redo at every
+    visit), and stderr says why the next load decodes again."""
+    (tmp_path / "a-file").write_text("")
+    unwritable = load_omniglot(str(tiny), cache_dir=str(tmp_path / "a-file" / "cache"), download=False)
+    assert "Omniglot's cache could not be written" in capsys.readouterr().err
+    assert torch.equal(unwritable.ink, load_tiny(tiny).ink)
+
+
 def refusal(root) -> str:
     """The message load_omniglot refuses the dataset at `root` with: one line."""
     with pytest.raises(DatasetNotFound) as refused:
