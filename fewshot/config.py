@@ -69,8 +69,8 @@ class Config:
     inner_lr: float = _option(0.4, "inner-loop learning rate (alpha)", at_least=0, at_most=100,
                               label="inner step size α")
     # The outer loop: theta <- Adam(theta, grad sum_i L_Ti(theta'_i))
-    outer_lr: float = _option(0.001, "Adam learning rate of the meta-update (beta)", above=0,
-                              label="outer step size β")
+    outer_lr: float = _option(0.001, "Adam learning rate of the meta-update (beta)", above=0, at_most=100,
+                              label="outer step size β")  # at most: Adam's step overflowed a float from 3.4e37
     meta_batch: int = _option(32, "tasks per meta-update", at_least=1, label="tasks per meta-update")
     iterations: int = _option(1000, "meta-updates in total", at_least=1, at_most=10**9, label="meta-updates")
     engine: str = _option("fewshot", "fewshot (torch.func, vmapped) or learn2learn (the notebook's loop)",

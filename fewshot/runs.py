@@ -364,7 +364,7 @@ def list_runs(root: Path | None = None) -> list:
     """The runs under `root`, newest first; by default those under runs_root() and shipped_runs_root()."""
     roots = [Path(root)] if root else [runs_root(), shipped_runs_root()]
     runs = [Run(path) for folder in roots if folder.is_dir() for path in folder.iterdir()
-            if (path / LAUNCH).exists() or (path / CONFIG).exists()]
+            if _named_in_text(path) and ((path / LAUNCH).exists() or (path / CONFIG).exists())]
     return sorted((run for run in runs if _readable(run)), key=lambda run: run.started(), reverse=True)
 
 
@@ -439,8 +439,9 @@ def dispatch(root: Path | None = None) -> list:
     """Starts the runs queued under `root`, first come first served, while fewer than limits.max_runs() train
     there; returns those it started. A comparison's two runs start together, when two places are free; the
     runs queued after it wait for it, unless it needs more places than the server has (its limit was lowered
-    since): it waits then, and lets the others pass. The count and the starts happen under an exclusive lock
-    of a file in `root` (flock), so that two sessions, or two servers, cannot both fill the last place."""
+    since): it waits then, and lets the others pass, as they pass a run that could not start (launch.json keeps
+    why, and it is tried again next time). The count and the starts happen under an exclusive lock of a file in
+    `root` (flock), so that two sessions, or two servers, cannot both fill the last place."""
     root = Path(root or runs_root()).resolve()
     if not root.is_dir():
         return []
@@ -453,14 +454,14 @@ def dispatch(root: Path | None = None) -> list:
                 continue
             if len(group) > free:
                 break
-            try:
-                for run in group:
+            for run in group:
+                try:
                     _launch(run)
-            except (OSError, RuntimeError, ValueError) as error:  # a Ray cluster that does not answer (tried
-                # again later), a train.log that is no regular file (files.open_regular)
-                _record_launch_error(run, error)
-                break
-            free, started = free - len(group), started + group
+                except (OSError, RuntimeError, ValueError) as error:  # a Ray cluster that does not answer, a
+                    # train.log that is no regular file (files.open_regular): tried again at the next dispatch,
+                    _record_launch_error(run, error)  # while the runs queued after it go on
+                    break
+                free, started = free - 1, started + [run]
         return started
 
 
@@ -510,7 +511,11 @@ def _launch(run: Run) -> None:
     found = launchers.launcher().launch(run.path, command, environment, run.path / LOG, int(threads))
     launch = {**launch, **found, "command": command, "launched": time.time()}
     launch.pop("launch_error", None)
-    files.write_text(run.path / LAUNCH, json.dumps(launch, indent=2) + "\n")
+    try:
+        files.write_text(run.path / LAUNCH, json.dumps(launch, indent=2) + "\n")
+    except OSError:  # a full disk: a process that launch.json does not name is neither counted nor stoppable, and
+        launchers.launcher_of(found).stop(found, run.path)  # the run, still queued, would start again and again
+        raise
 
 
 def _record_launch_error(run: Run, error: Exception) -> None:
@@ -522,7 +527,7 @@ def _record_launch_error(run: Run, error: Exception) -> None:
 @contextmanager
 def _queue_lock(root: Path):
     """An exclusive lock of the runs folder `root`, across processes, while the queue is read and changed."""
-    with open(root / START_LOCK, "a") as lock:
+    with files.open_regular(root / START_LOCK, "ab") as lock:  # a FIFO in its place would wait for good
         fcntl.flock(lock, fcntl.LOCK_EX)  # waits for any other holder; released when the file is closed
         yield
 
@@ -571,10 +576,13 @@ def stop(run: Run) -> None:
     """Asks the run to stop: its launcher signals it (SIGINT here, SIGTERM to a Ray job), and training finishes
     its iteration, saves and exits. A queued run leaves the queue. A run deleted meanwhile has nothing to stop."""
     with _queue_lock(run.path.parent):  # not while dispatch starts it: it would start, unsignalled, and train on
-        try:
-            (run.path / STOP_REQUESTED).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+        try:  # touched, empty: a full disk has room for it; a FIFO in its place is not waited on (under the queue
+            # lock), nor the file that a link in its place names overwritten
+            (run.path / STOP_REQUESTED).touch()
         except FileNotFoundError:  # its folder was deleted since the page showed it
             return
+        except OSError:  # not even that (a read-only folder): the run is stopped all the same, and then reads as
+            pass  # failed or interrupted, as its log says
         launch = run.launch()
     if _has_process(launch):
         launchers.launcher_of(launch).stop(launch, run.path)
@@ -689,6 +697,16 @@ def _has_process(launch: dict) -> bool:
     """Whether a launcher has started the run that `launch` describes (else it is queued, or was never
     started by the app)."""
     return launch.get("pid") is not None or launch.get("ray_job") is not None
+
+
+def _named_in_text(path: Path) -> bool:
+    """Whether the folder's name is text (UTF-8). A name of other bytes (an archive from another system, say)
+    cannot be shown: in a menu, it broke the Train and Compare pages for everyone."""
+    try:
+        path.name.encode()
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _readable(run: Run) -> bool:

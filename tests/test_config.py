@@ -23,6 +23,7 @@ def test_every_bad_field_is_named_in_one_message():
     ({"outer_lr": NAN}, "outer_lr must be a finite number, got nan"),
     ({"outer_lr": 0.0}, "outer_lr must be greater than 0, got 0.0"),
     ({"outer_lr": -0.001}, "outer_lr must be greater than 0, got -0.001"),
+    ({"outer_lr": 1e38}, "outer_lr must be at most 100, got 1e+38"),  # Adam's step: a traceback, not a run
     ({"ways": 0}, "ways must be at least 2, got 0"),
     ({"inner_steps": -1}, "inner_steps must be at least 0, got -1"),
     ({"seed": 2**64}, f"seed must be at most {2**32 - 1}, got {2**64}"),
@@ -44,8 +45,9 @@ def test_bad_values_are_refused(values, message):
 
 
 def test_the_edges_of_what_is_allowed_are_allowed():
-    config = Config(data_root="x", ways=2, inner_lr=0.0, inner_steps=0, test_tasks=0, shots=19, queries=1)
-    assert (config.ways, config.inner_lr) == (2, 0.0)
+    config = Config(data_root="x", ways=2, inner_lr=0.0, inner_steps=0, test_tasks=0, shots=19, queries=1,
+                    outer_lr=100)
+    assert (config.ways, config.inner_lr, config.outer_lr) == (2, 0.0, 100)
 
 
 @pytest.mark.parametrize("values, message", [

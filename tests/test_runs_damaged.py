@@ -76,6 +76,22 @@ def test_a_queued_run_whose_train_log_is_a_fifo_is_not_started_and_holds_no_queu
     assert "train.log" in run.launch()["launch_error"]  # no reader: ENXIO; a reader: not a regular file
 
 
+def test_a_run_folder_whose_name_is_not_text_is_not_listed(run_folders):
+    """Streamlit cannot send its name to the browser (UnicodeEncodeError): in the Train or Compare page's menu, it
+    failed the page for everyone."""
+    name_not_text(run_folders)
+    assert [run.name for run in runs.list_runs(run_folders)] == ["good"]
+
+
+def test_a_queue_lock_that_is_a_fifo_holds_nothing_for_good(run_folders):
+    """Opening a FIFO to append waits for a reader: every Start, Stop, Resume and Delete, and the queue, waited
+    so. Now each says why it cannot go on."""
+    run_folders.mkdir()
+    os.mkfifo(run_folders / runs.START_LOCK)
+    for action in (lambda: runs.dispatch(run_folders), lambda: runs.start(Config(iterations=6), run_folders)):
+        assert isinstance(outcome_within(action), OSError)  # no reader: ENXIO
+
+
 @pytest.mark.parametrize("damage", BAD_EVALUATIONS)
 def test_an_evaluation_json_without_what_training_writes_is_no_evaluation(run_folders, damage):
     run = run_folder(run_folders, "run", metrics=[record(6)], checkpoint=b"weights")
@@ -110,7 +126,13 @@ def evaluation(text: bytes):
     return build
 
 
-DAMAGES = {"deep launch.json": deep_launch, "deep config.json": deep_config,
+def name_not_text(root):
+    """A run folder named in bytes that are not UTF-8: an archive made on another system, unpacked here."""
+    run_folder(root, "good", metrics=[record(1)])
+    run_folder(root, os.fsdecode(b"maml-caf\xe9"), metrics=[record(1)])
+
+
+DAMAGES = {"deep launch.json": deep_launch, "deep config.json": deep_config, "name not UTF-8": name_not_text,
            "deep metrics line": lambda root: run_folder(root, "damaged", metrics=[record(1), TOO_DEEP]),
            "negative iteration": lambda root: run_folder(root, "damaged", metrics=[record(1) | {"iteration": -5}]),
            **{f"evaluation.json {damage}": evaluation(text) for damage, text in BAD_EVALUATIONS.items()}}
