@@ -238,16 +238,15 @@ def run_name(config: Config, when: float | None = None) -> str:
 
 
 def progress(records: list, iterations: int, meta_batch: int, window: int = 20) -> Progress:
-    """Iteration reached, tasks per second over the last `window` iterations, and seconds left at that pace."""
+    """Iteration reached, tasks per second over the last `window` iterations, and seconds left at that pace; no
+    pace where their times do not go forward (metrics.spans: a hand-edited file)."""
     if not records:
         return Progress(0, iterations, None, None)
     recent = records[-window - 1:]
-    if len(recent) > 1:
-        seconds_per_iteration = (recent[-1]["seconds"] - recent[0]["seconds"]) / (len(recent) - 1)
-    else:
-        seconds_per_iteration = recent[0]["seconds"]
+    times = [span for span, _ in metrics.spans(recent)] if len(recent) > 1 else [recent[0]["seconds"]]
+    seconds_per_iteration = sum(times) / len(times) if times else 0.0
     iteration = records[-1]["iteration"]
-    if seconds_per_iteration <= 0:
+    if seconds_per_iteration < metrics.MIN_SPAN:
         return Progress(iteration, iterations, None, None)
     return Progress(iteration, iterations, meta_batch / seconds_per_iteration,
                     max(iterations - iteration, 0) * seconds_per_iteration)
@@ -267,8 +266,9 @@ def summary(run: Run) -> dict:
 
 
 def seconds_per_iteration(records: list) -> float | None:
-    """The median time of a meta-update, leaving out the iterations that also validated."""
-    times = sorted(b["seconds"] - a["seconds"] for a, b in zip(records, records[1:]) if "val_loss" not in b)
+    """The median time of a meta-update, leaving out the iterations that also validated, and the spans whose time
+    does not go forward (metrics.spans)."""
+    times = sorted(span for span, record in metrics.spans(records) if "val_loss" not in record)
     return times[len(times) // 2] if times else None
 
 

@@ -188,6 +188,16 @@ def test_progress_reports_pace_and_time_left():
     assert runs.progress([], 100, 8) == runs.Progress(0, 100, None, None)
 
 
+def test_times_that_go_back_give_no_pace_rather_than_a_negative_one():
+    """A hand-edited metrics.jsonl: its times going back gave a negative or absurd speed, time left and s / it."""
+    back = [{"iteration": i, "seconds": 100.0 - i} for i in range(1, 41)]
+    assert runs.progress(back, iterations=100, meta_batch=8) == runs.Progress(40, 100, None, None)
+    assert runs.seconds_per_iteration(back) is None
+    edited = [{"iteration": i, "seconds": 0.5 * i - (15 if i > 30 else 0)} for i in range(1, 41)]  # back at 31
+    assert runs.progress(edited, iterations=100, meta_batch=8).tasks_per_second == pytest.approx(16)
+    assert runs.seconds_per_iteration(edited) == pytest.approx(0.5)
+
+
 def test_list_runs_newest_first_and_ignores_what_is_not_a_run(tmp_path, tiny_config):
     for name, started in (("old", 100.0), ("new", 200.0)):
         (tmp_path / name).mkdir()
