@@ -1,10 +1,13 @@
 """Streamlit pieces shared by the pages (pages/): the configuration form, a run's status, progress and curves,
 and Omniglot loaded once per server. It lives outside pages/ so that Streamlit never mistakes it for a page."""
 
+import re
 import secrets
 import threading
 import time
 
+import pandas
+import pyarrow
 import streamlit as st
 
 from fewshot import access, limits, runs
@@ -28,6 +31,10 @@ STATUS_ICONS = {runs.FINISHED: "check_circle", runs.STOPPED: "stop_circle", runs
                 runs.INTERRUPTED: "power_off", runs.QUEUED: "hourglass_top"}  # Material icons
 NEEDS_KEY = "Needs the instructor key (in the sidebar)."
 WRONG_KEY_DELAY = 1.0  # seconds a wrong instructor key waits: guessing it costs time
+# What would format a text in Streamlit's markdown wherever it stands in a line: emphasis, code, links and
+# footnotes, HTML, math, strikethrough, entities, directives (:red[...]); an underscore only where it is not
+# between two letters or digits (FEWSHOT_MAX_RUNS stays as it is: it emphasizes nothing).
+MARKDOWN_SYNTAX = re.compile(r"[\\`*\[\]<$~&]|:(?=\S)|(?<![^\W_])_|_(?![^\W_])")
 
 
 @st.cache_resource
@@ -69,6 +76,14 @@ def settings_checked() -> None:
                  "the server.", icon=":material/settings:")
     if problems:
         st.stop()
+
+
+def literal(text: str) -> str:
+    """`text` as markdown that shows it as it is, on one line. For a run's name (a folder name, typed by anyone
+    on the command line) and the errors that name one, wherever they go into markdown: a page's text, a
+    message, a progress bar's or a button's label. (An emoji code such as :smile: still shows the emoji, and a
+    web address is still a link, showing the address.)"""
+    return MARKDOWN_SYNTAX.sub(r"\\\g<0>", " ".join(text.splitlines()))
 
 
 def runs_page() -> None:
@@ -210,14 +225,14 @@ def _start_pressed(prefix: str, preset_name: str, start, exclude: tuple) -> None
 
 def cannot(what: str, error: Exception) -> str:
     """'Cannot start: ...', the problems that the error names (limits' come one a line) in a list when several."""
-    problems = str(error).splitlines()
+    problems = [literal(problem) for problem in str(error).splitlines()]
     return (f"Cannot {what}: {problems[0]}" if len(problems) == 1 else
             f"Cannot {what}:\n" + "\n".join(f"- {problem}" for problem in problems))
 
 
 def started_message(started: list) -> str:
     """What Start did: the runs it started, or queued with their place."""
-    names = " and ".join(run.name for run in started)
+    names = " and ".join(literal(run.name) for run in started)
     if started[0].status() != runs.QUEUED:
         return f"Started {'run' if len(started) == 1 else 'runs'} {names}: progress and curves are below."
     ahead = runs.queue_place(started[0])
@@ -255,8 +270,8 @@ def resume_button(run: runs.Run, prefix: str, label: str = "Resume") -> None:
 def _resume(run: runs.Run, prefix: str) -> None:
     def resume() -> str:
         runs.resume(run)
-        return (f"Resuming run {run.name}." if run.status() != runs.QUEUED else
-                f"Run {run.name} waits for a place: {runs.queue_place(run)} runs ahead.")
+        return (f"Resuming run {literal(run.name)}." if run.status() != runs.QUEUED else
+                f"Run {literal(run.name)} waits for a place: {runs.queue_place(run)} runs ahead.")
     managing(prefix, "resume", resume)
 
 
@@ -277,7 +292,7 @@ def run_status(run: runs.Run, status: str) -> None:
     """A progress bar that says what the run is doing: its phase, pace and time left while running; below it,
     how many lines of its metrics could not be read, and the error of a failed run."""
     progress = run.progress()
-    parts = [f"**{run.name}**", f"iteration {progress.iteration} / {progress.iterations}"]
+    parts = [f"**{literal(run.name)}**", f"iteration {progress.iteration} / {progress.iterations}"]
     if status == runs.QUEUED:
         ahead = runs.queue_place(run)
         parts.append(f":material/{STATUS_ICONS[status]}: queued, {ahead} {'run' if ahead == 1 else 'runs'} ahead: "
@@ -299,14 +314,14 @@ def run_status(run: runs.Run, status: str) -> None:
     if skipped:
         st.caption(f"{skipped} unreadable {'line' if skipped == 1 else 'lines'} in {runs.METRICS} skipped.")
     if status == runs.FAILED:
-        st.error(f"Run {run.name} failed: {run.error() or 'it ended without a word (killed?)'}",
+        st.error(f"Run {literal(run.name)} failed: {literal(run.error() or 'it ended without a word (killed?)')}",
                  icon=":material/error:")
     if status == runs.QUEUED and run.launch().get("launch_error"):
-        st.caption(f"Could not start it yet: {run.launch()['launch_error']}. The server tries again every few "
+        st.caption(f"Could not start it yet: {literal(run.launch()['launch_error'])}. The server tries again every few "
                    "seconds.")
     if status == runs.INTERRUPTED:
-        st.warning(f"Run {run.name} was interrupted: its process ended without a word (the server or the machine "
-                   "restarted, or it was killed). Resume continues it from its last saved iteration.",
+        st.warning(f"Run {literal(run.name)} was interrupted: its process ended without a word (the server or the "
+                   "machine restarted, or it was killed). Resume continues it from its last saved iteration.",
                    icon=":material/power_off:")
 
 
@@ -335,7 +350,23 @@ def curves_chart(series: dict, x: str, ways: int | None, key: str, height: int =
         spec, rows = training_curves(series, metric, x, chance=1 / ways if ways and metric == "accuracy" else None,
                                      height=height)
         with column:
-            st.vega_lite_chart(rows, spec, key=f"{key}_{metric}", width="stretch")
+            vega_chart(rows, spec, key=f"{key}_{metric}")
+
+
+def vega_chart(rows: list, spec: dict, key: str) -> None:
+    """A Vega-Lite chart of `rows` (dicts), as wide as its column, its rows sent compactly: every viewer of a
+    live chart gets them all at every redraw. Text columns (a run's label, a curve's name) become categories,
+    each name sent once and then a byte a row, where it went whole on every row (two thirds of a training
+    chart's bytes); whole numbers (iterations) take the fewest bytes that hold them all, not 8; pandas'
+    description of the table is left out. Measures keep their 8 bytes: the chart draws them as they are."""
+    table = pandas.DataFrame(rows)
+    for name, column in table.items():
+        if pandas.api.types.is_string_dtype(column):
+            table[name] = column.astype("category")
+        elif pandas.api.types.is_integer_dtype(column):
+            table[name] = pandas.to_numeric(column, downcast="integer")
+    arrow = pyarrow.Table.from_pandas(table, preserve_index=False).replace_schema_metadata()
+    st.vega_lite_chart(arrow, spec, key=key, width="stretch")
 
 
 def live(refresh: bool, every: float = 1.0):

@@ -8,7 +8,11 @@ from .tasks import TaskBatch
 X_AXES = {"iterations": "iteration", "seconds": "seconds"}  # the x axis' name in the app -> the record's key
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
           "#7f7f7f")  # as many as the layers of Config's largest network (8 conv blocks, a classifier), and more
-MAX_POINTS = 2000  # per training curve; longer runs are thinned for the browser's sake
+# Points per meta-train curve: two pixels apart on a chart half a page wide (~500 px). Longer runs are thinned:
+# every viewer gets every point of a live chart at every redraw (scripts/live_bytes.py: with 2,000 points a curve,
+# two runs of 100,000 iterations sent each viewer of Compare 2.4 MB every 2 s).
+MAX_POINTS = 250
+MAX_VALIDATION_POINTS = MAX_POINTS // 2  # each a dot of 5 px: closer, validation's dots merge into a band
 MAX_PROBE_POINTS = MAX_POINTS // 8  # per layer's line of a probe panel, which draws up to len(COLORS) + 1 of them
 
 
@@ -25,7 +29,8 @@ def training_curves(runs: dict, metric: str, x: str = "iterations", chance: floa
     """
     key, rows = X_AXES[x], []
     for label, records in runs.items():
-        train, validation = _thin(records, MAX_POINTS), _thin([r for r in records if "val_loss" in r], MAX_POINTS)
+        train = _thin(records, MAX_POINTS)
+        validation = _thin([r for r in records if "val_loss" in r], MAX_VALIDATION_POINTS)
         rows += [_row(label, "meta-train", r[key], r[f"train_{metric}"]) for r in train]
         rows += [_row(label, "validation", r[key], r[f"val_{metric}"]) for r in validation]
     labels = list(runs)
@@ -124,9 +129,13 @@ def _spaced(parts: list, spacer: np.ndarray) -> list:
 
 
 def _thin(records: list, max_points: int) -> list:
-    """At most `max_points` of `records`, evenly spaced, the last one (the run's latest) always among them."""
-    step = max(1, -(-len(records) // max_points))
-    return records[(len(records) - 1) % step::step]
+    """At most `max_points` of `records`, evenly spaced from the first, and the last (the run's latest). The
+    points kept stay the same as records are appended, until the spacing widens: a live curve does not change
+    shape from one redraw to the next."""
+    if len(records) <= max_points:
+        return records
+    step = -(-(len(records) - 1) // (max_points - 1))  # rounded up
+    return records[:-1:step] + records[-1:]
 
 
 def _name(label: str, curve: str) -> str:

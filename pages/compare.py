@@ -57,11 +57,11 @@ costs little; when the cosine falls, or the dropped term $|g_2 - g_1|$ nears $|g
 term steers MAML's update and first order would step elsewhere.
 """)
     for label, records in probed.items():
-        st.markdown(f"**{label}**")
+        st.markdown(f"**{ui.literal(label)}**")
         for column, measure in zip(st.columns(len(plots.PROBE_PANELS)), plots.PROBE_PANELS):
             spec, rows = plots.probe_curves(records, measure)
             with column:
-                st.vega_lite_chart(rows, spec, key=f"{key}_{label}_{measure}", width="stretch")
+                ui.vega_chart(rows, spec, key=f"{key}_{label}_{measure}")
 
 
 def start_comparison(config) -> str:
@@ -81,7 +81,7 @@ def chosen_runs(all_runs: list) -> list:
     names = list(dict.fromkeys(st.session_state[MENU]))[:MAX_OVERLAID]
     for name in names:
         if name not in by_name:  # shown before, listed no more: its folder was deleted
-            st.warning(f"Run {name} was deleted.", icon=":material/delete:")
+            st.warning(f"Run {ui.literal(name)} was deleted.", icon=":material/delete:")
     kept = [name for name in names if name in by_name]
     if kept != st.session_state[MENU]:
         st.session_state[MENU] = kept

@@ -19,7 +19,7 @@ def start_run(config) -> str:
 def evaluate_pressed(run: runs.Run) -> None:
     def evaluate() -> str:
         runs.evaluate_now(run)
-        return f"Measuring run {run.name}'s test accuracy on {run.config().test_tasks} tasks."
+        return f"Measuring run {ui.literal(run.name)}'s test accuracy on {run.config().test_tasks} tasks."
     ui.managing("train", "evaluate", evaluate)
 
 
@@ -71,16 +71,16 @@ def delete_button(run: runs.Run) -> None:
     """Delete, behind a popover that asks once more: the run's folder goes, its records and checkpoint too."""
     with st.popover("Delete run", icon=":material/delete:", disabled=not ui.may_manage(),
                     help=None if ui.may_manage() else ui.NEEDS_KEY):
-        st.caption(f"Run {run.name}'s folder, its curves and its checkpoint go for good (a checkpoint kept for "
-                   "the Draw page stays).")
-        st.button(f"Delete {run.name}", key="train_delete", type="primary", on_click=delete_pressed, args=(run,),
-                  disabled=not ui.may_manage())
+        st.caption(f"Run {ui.literal(run.name)}'s folder, its curves and its checkpoint go for good (a checkpoint "
+                   "kept for the Draw page stays).")
+        st.button(f"Delete {ui.literal(run.name)}", key="train_delete", type="primary", on_click=delete_pressed,
+                  args=(run,), disabled=not ui.may_manage())
 
 
 def delete_pressed(run: runs.Run) -> None:
     def delete() -> str:
         runs.delete(run)
-        return f"Deleted run {run.name}."
+        return f"Deleted run {ui.literal(run.name)}."
     ui.managing("train", "delete", delete)
 
 
@@ -110,9 +110,10 @@ def ended_run(run: runs.Run, status: str) -> None:
                     if not ui.may_manage():
                         raise ValueError(ui.NEEDS_KEY)
                     kept = runs.keep_checkpoint(run, checkpoint_name)
-                    st.success(f"Kept as {kept.name} in {kept.parent}; the Draw page lists it.")
+                    st.success(f"Kept as {ui.literal(kept.name)} in {ui.literal(str(kept.parent))}; the Draw page "
+                               "lists it.")
                 except (ValueError, OSError) as error:
-                    st.error(str(error))
+                    st.error(ui.literal(str(error)))
     with download:  # the file is read on a click only, not at every redraw of every page that shows the run
         st.download_button("Download checkpoint", data=run.checkpoint_bytes, file_name=f"{run.name}.safetensors",
                            mime="application/octet-stream")
@@ -126,7 +127,7 @@ all_runs = runs.list_runs()  # after Start's callback: with the run it started
 ui.run_names_kept(MENU)
 shown = st.session_state.get(MENU)
 if shown and shown not in [run.name for run in all_runs]:  # shown before, listed no more: its folder was deleted
-    st.warning(f"Run {shown} was deleted.", icon=":material/delete:")
+    st.warning(f"Run {ui.literal(shown)} was deleted.", icon=":material/delete:")
 if all_runs:
     run_view(all_runs)
 else:

@@ -526,3 +526,50 @@ def test_a_run_deleted_while_its_live_view_is_drawn_is_said_to_be_gone(run_folde
     assert not app.exception and "Run doomed was deleted" in texts(app)
     assert not run.path.exists()
 
+
+
+# A run's name as anyone may type it on the command line (a folder name holds anything but "/"): each part would
+# format a page's markdown, were it not escaped (app_ui.literal).
+ODD_NAME = "**x**[y](e)<b>$x$ `c` ~~s~~ :red[r] _i_ &lt; a\\b"
+# A markdown text's parts: a backslash escape (CommonMark shows an escaped ASCII punctuation character as it is),
+# what formats Streamlit's markdown where ODD_NAME has it (emphasis, links, HTML, math, code, strikethrough, entities,
+# a directive: a colon before a word; a lone backslash escapes what follows), or a plain character.
+TOKENS = re.compile(r"(?P<escape>\\[!-/:-@\[-`{-~])|(?P<markup>:(?=\S)|[*_\[\]<$`~&\\])|.", re.DOTALL)
+
+
+def as_shown(markdown: str) -> tuple[str, str]:
+    """The text that Streamlit's markdown shows of `markdown` (which holds no markup of its own), and the markup
+    characters in it left unescaped, which would format it."""
+    shown, active = "", ""
+    for token in TOKENS.finditer(markdown):
+        shown += token.group()[-1]
+        active += token.group("markup") or ""
+    return shown, active
+
+
+def between(text: str, before: str, after: str) -> str:
+    """The part of `text` between the first `before` and the next `after`."""
+    start = text.index(before) + len(before)
+    return text[start:text.index(after, start)]
+
+
+def test_a_run_name_and_error_with_markdown_in_them_show_as_they_are_on_the_train_page(run_folders):
+    run = run_folder(run_folders / "runs", ODD_NAME, metrics=[record(1), record(2)])  # no process: it failed
+    error = "ValueError: **not bold** [no](link) <i>$no math$</i>"
+    (run.path / runs.LOG).write_text(f"Traceback (most recent call last):\n{error}\n")
+    app = open_page("pages/train.py")
+    assert run.status() == runs.FAILED and not app.exception
+    assert as_shown(between(progress_text(app), "**", "** · iteration")) == (ODD_NAME, "")
+    [failed] = app.error
+    assert as_shown(between(failed.value, "Run ", " failed: ")) == (ODD_NAME, "")
+    assert as_shown(failed.value.split(" failed: ", 1)[1]) == (error, "")
+    [caption] = [caption.value for caption in app.caption if "'s folder" in caption.value]  # Delete's popover
+    assert as_shown(between(caption, "Run ", "'s folder")) == (ODD_NAME, "")
+    delete = app.button(key="train_delete")
+    assert as_shown(delete.label.removeprefix("Delete ")) == (ODD_NAME, "")
+
+    delete.click().run()
+    deleted = app.success[0].value
+    assert not run.path.exists() and as_shown(deleted.removeprefix("Deleted run ").removesuffix(".")) == (ODD_NAME, "")
+    [gone] = [warning.value for warning in app.warning if "was deleted" in warning.value]
+    assert as_shown(between(gone, "Run ", " was deleted.")) == (ODD_NAME, "")
