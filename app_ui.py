@@ -255,7 +255,11 @@ def stop_button(running: list, key: str, label: str = "Stop") -> None:
 def _stop(running: list) -> None:
     for run in running:
         if access.may_stop(run.owner(), session_id(), has_key()):
-            runs.stop(run)
+            try:
+                runs.stop(run)
+            except (OSError, RuntimeError, ValueError) as error:  # the queue's lock file cannot be opened (no
+                # regular file), a Ray cluster that does not answer: said, and the other runs stopped all the same
+                st.toast(cannot("stop", error), icon=":material/error:")
 
 
 def resume_button(run: runs.Run, prefix: str, label: str = "Resume") -> None:

@@ -573,3 +573,38 @@ def test_a_run_name_and_error_with_markdown_in_them_show_as_they_are_on_the_trai
     assert not run.path.exists() and as_shown(deleted.removeprefix("Deleted run ").removesuffix(".")) == (ODD_NAME, "")
     [gone] = [warning.value for warning in app.warning if "was deleted" in warning.value]
     assert as_shown(between(gone, "Run ", " was deleted.")) == (ODD_NAME, "")
+
+
+def test_a_stop_that_fails_is_one_line_and_the_other_run_stops_all_the_same(run_folders, monkeypatch):
+    """runs.stop raises where the queue's lock file is no regular file or a Ray cluster does not answer: Stop's
+    callback made that a traceback, and the comparison's other run went on training."""
+    sleepers = []
+    for name, algorithm in (("maml-a", "maml"), ("fomaml-b", "fomaml")):
+        path = run_folders / "runs" / name
+        config = Config(iterations=6, algorithm=algorithm)
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "--run-dir", str(path)])
+        sleepers.append(sleeper)
+        run_folder(run_folders / "runs", name, comparison="pair", launch=json.dumps(
+            {"pid": sleeper.pid, "started": 1.0, "config": config.to_dict(), "comparison": "pair"}))
+    stopped, real_stop = [], runs.stop
+
+    def stop(run):
+        if run.name == "maml-a":
+            raise OSError("[Errno 6] No such device or address: '.start.lock'")
+        stopped.append(run.name)
+        real_stop(run)
+
+    monkeypatch.setattr(runs, "stop", stop)
+    try:
+        app = open_page("pages/compare.py")
+        app.button(key="compare_stop").click().run()
+        assert not app.exception
+        assert [toast.value for toast in app.toast] == ["Cannot stop: \\[Errno 6\\] No such device or address: "
+                                                        "'.start.lock'"]
+        assert stopped == ["fomaml-b"]
+        wait_for(lambda: sleepers[1].poll() is not None, "the other run's process to end")  # signalled
+        assert sleepers[0].poll() is None
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
