@@ -677,16 +677,25 @@ def adapt_phases(adapts: list) -> dict:
 
 def server_exceptions(log: Path) -> dict:
     """The last line of each traceback in the server's log (what the page shows of it is redacted): how many
-    times each came, and the first whole traceback that ended with it, so that a rare one can be read."""
+    times each came, the first whole traceback that ended with it, so that a rare one can be read, and whether
+    that one passed through the app's own code ("ours") or Streamlit's alone."""
     lines = log.read_text(errors="replace").splitlines() if log.exists() else []
     found, start = {}, 0
     for i, (before, line) in enumerate(zip([""] + lines, lines)):
         if line.startswith("Traceback"):
             start = i
         elif before.startswith(" ") and re.match(r"[A-Za-z_.]+(Error|Exception)\b", line):
-            seen = found.setdefault(line, {"count": 0, "traceback": "\n".join(lines[start:i + 1])})
+            traceback = lines[start:i + 1]
+            seen = found.setdefault(line, {"count": 0, "traceback": "\n".join(traceback),
+                                           "ours": any(map(_in_the_app, traceback))})
             seen["count"] += 1
     return found
+
+
+def _in_the_app(line: str) -> bool:
+    """Whether a traceback's line names a file of this app (not of a package installed, in the repo or not)."""
+    frame = re.match(r'\s*File "([^"]+)"', line)
+    return bool(frame) and frame[1].startswith(str(REPO)) and "site-packages" not in frame[1]
 
 
 def normal_answer(text: str) -> bool:
@@ -747,7 +756,8 @@ def print_table(report: dict) -> None:
     for text in report["warnings"]:
         print(f"warning shown: {first_line(text)}")
     for end, seen in report["server_exceptions"].items():
-        print(f"in the server's log, {seen['count']} times: {end}; the first:\n{seen['traceback']}")
+        where = "the app's code" if seen["ours"] else "Streamlit's code alone"
+        print(f"in the server's log, {seen['count']} times, in {where}: {end}; the first:\n{seen['traceback']}")
     print("\n".join(["problems:"] + [f"  {p}" for p in report["problems"]]) if report["problems"] else "no problem")
 
 
