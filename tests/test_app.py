@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 from apptests import APP, open_page
 from fake_runs import record, run_folder
 from app_ui import field_label
-from fewshot import limits, runs
+from fewshot import limits, plots, runs
 from fewshot.config import Config
 from fewshot.presets import ABOUT, PRESETS
 from waiting import outcome_within, wait_for
@@ -409,7 +409,11 @@ def test_compare_page_on_a_fresh_machine_chooses_no_unequal_pair_and_says_how_th
     points = chart_points(app)
     for algorithm, run in ((run.config().algorithm.upper(), run) for run in shipped):
         validations = [record for record in run.metrics() if "val_accuracy" in record]
-        assert points[f"{algorithm} · meta-train"] > 1000 and points[f"{algorithm} · validation"] == len(validations)
+        assert len(run.metrics()) > plots.MAX_POINTS  # so thinned, to at most MAX_POINTS, evenly spaced
+        assert plots.MAX_POINTS // 2 < points[f"{algorithm} · meta-train"] <= plots.MAX_POINTS
+        shown = points[f"{algorithm} · validation"]
+        assert (shown == len(validations) if len(validations) <= plots.MAX_VALIDATION_POINTS else
+                plots.MAX_VALIDATION_POINTS // 2 < shown <= plots.MAX_VALIDATION_POINTS)
     table = app.dataframe[0].value
     assert sorted(table["run"]) == sorted(run.name for run in shipped)
     assert list(table["memory MB"]) == ["—", "—"] and "None" not in table.to_string()

@@ -2,8 +2,8 @@
 queue of runs, resuming an interrupted run, deleting runs.
 
 Runs that must train are real processes on tiny configurations. A run that only has to be "training" is a
-stand-in: a sleeping process whose command line names the run's folder, which is all runs.Run.is_running
-checks, and which Stop ends at once.
+stand-in: a sleeping process whose command line names the run's folder after --run-dir, as a trainer's does, which
+is all runs.Run.is_running checks, and which Stop ends at once.
 """
 
 import json
@@ -60,7 +60,7 @@ def stand_in(run_folders):
     def training(name: str, owner: str | None = None) -> runs.Run:
         path = run_folders / "runs" / name
         path.mkdir(parents=True, exist_ok=True)
-        process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(path)])
+        process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "--run-dir", str(path)])
         processes.append(process)
         launch = {"pid": process.pid, "started": time.time(), "config": Config(iterations=6).to_dict(),
                   "owner": owner}
