@@ -574,8 +574,12 @@ def _kept_launch(run: Run) -> dict:
 
 def stop(run: Run) -> None:
     """Asks the run to stop: its launcher signals it (SIGINT here, SIGTERM to a Ray job), and training finishes
-    its iteration, saves and exits. A queued run leaves the queue. A run deleted meanwhile has nothing to stop."""
+    its iteration, saves and exits. A queued run leaves the queue. A run that ended meanwhile (a Stop pressed as
+    the page last showed it), or was deleted, has nothing to stop: marked stopped, a failed run would hide why."""
     with _queue_lock(run.path.parent):  # not while dispatch starts it: it would start, unsignalled, and train on
+        launch = run.launch()
+        if not (run._running(launch) or run._queued(launch)):
+            return
         try:  # touched, empty: a full disk has room for it; a FIFO in its place is not waited on (under the queue
             # lock), nor the file that a link in its place names overwritten
             (run.path / STOP_REQUESTED).touch()
@@ -583,7 +587,6 @@ def stop(run: Run) -> None:
             return
         except OSError:  # not even that (a read-only folder): the run is stopped all the same, and then reads as
             pass  # failed or interrupted, as its log says
-        launch = run.launch()
     if _has_process(launch):
         launchers.launcher_of(launch).stop(launch, run.path)
 

@@ -82,6 +82,8 @@ def test_a_failed_run_says_why(tmp_path, tiny_config, monkeypatch):
     wait_for(lambda: not run.is_running(), "the run to fail")
     assert run.status() == runs.FAILED
     assert run.error().startswith("error: 1000 ways need at least 1000 classes")
+    runs.stop(run)  # a Stop pressed as the page last showed it, training: it ended, failed, since
+    assert run.status() == runs.FAILED and run.error().startswith("error: 1000 ways")  # not "stopped", the why hidden
 
 
 def test_a_run_that_fails_in_its_loop_says_why_not_where_its_progress_bar_was(tmp_path, data_root):
