@@ -536,6 +536,7 @@ def resume(run: Run) -> None:
     """Queues a stopped or interrupted run again: it continues from its last saved iteration (training.py
     --resume), or begins again if it died before its first save. ValueError where there is nothing to resume."""
     with _queue_lock(run.path.parent):  # the status read and the queueing at once: two clicks queue it once
+        _check_not_deleted(run)
         status = run.status()
         if status not in (STOPPED, INTERRUPTED):
             raise ValueError(f"Run {run.name} is {status}: only a stopped or interrupted run can be resumed.")
@@ -546,6 +547,13 @@ def resume(run: Run) -> None:
     dispatch(run.path.parent)
 
 
+def _check_not_deleted(run: Run) -> None:
+    """ValueError for a run whose folder another session deleted since this one's page showed it (else the page
+    said "No such file or directory" and a path)."""
+    if not run.path.is_dir():
+        raise ValueError(f"Run {run.name} was deleted.")
+
+
 def evaluate_now(run: Run) -> None:
     """Measures a stopped run's test accuracy on its last checkpoint, in a process of its own, as the end of a
     finished run does: the run resumes with its iterations cut to those it did, so meta-training has nothing
@@ -553,6 +561,7 @@ def evaluate_now(run: Run) -> None:
     queue like any run; the status reads running meanwhile, then finished; Stop ends it. ValueError when the
     run cannot be evaluated."""
     with _queue_lock(run.path.parent):  # the status read and the queueing at once: two clicks queue it once
+        _check_not_deleted(run)
         done, config = run.progress().iteration, run.config()
         if run.status() != STOPPED or done == 0 or not (run.path / TRAINING_STATE).exists():
             raise ValueError(f"Run {run.name} has no saved state to evaluate: only a run stopped after its first "

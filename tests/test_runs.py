@@ -548,6 +548,16 @@ def test_stopping_a_run_deleted_since_the_page_showed_it_does_nothing(tmp_path):
     assert not run.path.exists()
 
 
+@pytest.mark.parametrize("action", [runs.resume, runs.evaluate_now])
+def test_resuming_or_evaluating_a_run_deleted_since_the_page_showed_it_says_so(tmp_path, action):
+    run = run_folder(tmp_path, "deleted", metrics=[record(1)])
+    (run.path / runs.STOP_REQUESTED).touch()  # stopped: both could act on it
+    shutil.rmtree(run.path)
+    with pytest.raises(ValueError, match=r"^Run deleted was deleted\.$"):  # not "No such file or directory: ..."
+        action(run)
+    assert not run.path.exists()
+
+
 def test_a_log_that_is_no_regular_file_says_nothing_and_a_long_ones_end_is_read_alone(tmp_path, monkeypatch):
     run = run_folder(tmp_path, "run", metrics=[record(1)])
     os.mkfifo(run.path / runs.LOG)  # opening a FIFO for reading waits for a writer
