@@ -6,10 +6,13 @@ Each canvas' drawing lives in the canvas widget's state, under the key canvas_ke
 A canvas hidden by fewer classes or drawings per class, or by another page, comes back empty in the browser:
 each slot's last strokes are kept in draw_kept, and a canvas that the last run did not show is redrawn with
 them. The settings and class names survive both too: their widgets persist for the session.
+A reload of the page, or a restart of the server, starts a new session: the session's desk (fewshot/desks.py),
+named in the URL, gives it back the drawings, names and settings, saved whenever they change.
 """
 
 import hashlib
 import io
+import re
 import time
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import torch
 from PIL import Image
 from streamlit_drawable_canvas import st_canvas  # imported here only: it needs a running Streamlit
 
-from fewshot import runs
+from fewshot import desks, runs
 from fewshot.adaptation import (UNFAMILIAR, adapt_and_classify, adaptation_settings, checkpoint_label, classify,
                                 describe_checkpoint, find_checkpoints, idle_threads, load_adaptable,
                                 load_uploaded_checkpoint, novelty, omniglot_examples, upload_name, ways_of)
@@ -41,7 +44,11 @@ MAX_NAME = 60  # characters in a class name
 CHART_WIDTH = 440  # two charts side by side on a wide screen, one above the other on a projector
 STILL = {"displayModeBar": False}  # no zoom buttons over the charts' titles
 UPLOAD = "upload"
-QUERY = "query"
+QUERY = desks.QUERY
+# The session state a desk keeps besides the drawings: the class names, the settings of each checkpoint, the
+# Omniglot fills' count and the filled query's class. (Not the last adaptation: a restarted server's reloading
+# room would all adapt at once; Adapt does it again.)
+DESK_VALUES = re.compile(r"draw_(name_\d+|(ways|shots|lr|steps)_[\w-]+|fills|query_answer)")
 # The canvas' toolbar shows on hover above its top right corner, over what is above: the heading, a name, the
 # canvas above. Before it shows, it lies unseen over the canvas' top 30 px and takes the strokes that start
 # there. The canvas keeps its styles in a shadow root, out of the page's CSS: this script adds a rule to each
@@ -88,9 +95,65 @@ if state.get("page_before", "Draw") != "Draw":  # back from another page (app.py
     state.draw_shown = set()  # blank, so every one is redrawn with its kept strokes
 
 
+def open_desk() -> None:
+    """At a session's start (a first visit, a reload, a restarted server): the drawings, names and settings of
+    the desk that the URL names put back, before any canvas is drawn; a new desk where the URL names none."""
+    desk = st.query_params.get("desk")  # from the URL: anything
+    state.desk = desk if desks.is_desk(desk) else desks.new_desk()
+    try:
+        state.desk_store = desks.Desks(desks.db_path())
+        saved = state.desk_store.load(state.desk)
+        if saved:
+            state.draw_kept, state.draw_filled, values = desks.unpack(saved)
+            state.update({key: value for key, value in values.items() if DESK_VALUES.fullmatch(key)})
+            state.desk_saved = hashlib.sha1(saved.encode()).hexdigest()
+    except desks.DeskError as error:
+        stop_keeping(error)
+
+
+def keep_desk() -> None:
+    """Saves the drawings, names and settings to the session's desk, if they changed since its last save."""
+    if state.desk_store is None or ("desk_saved" not in state and not anything_drawn()):  # no room taken for nothing
+        return
+    values = {key: state[key] for key in state if DESK_VALUES.fullmatch(key)}
+    contents = desks.pack(state.draw_kept, state.draw_filled, values)
+    digest = hashlib.sha1(contents.encode()).hexdigest()
+    if digest == state.get("desk_saved"):
+        return
+    try:
+        state.desk_store.save(state.desk, contents)
+        state.desk_saved = digest
+    except desks.DeskTooLarge as error:  # the desk keeps its last save; a smaller one may come
+        say_once(f"A reload of this page would lose your latest drawings: {error}.")
+    except desks.DeskError as error:
+        stop_keeping(error)
+
+
+def anything_drawn() -> bool:
+    return (any(ink is not None for _, ink in state.draw_kept.values()) or bool(state.draw_filled)
+            or any(state.get(f"draw_name_{c}") for c in range(MAX_WAYS)))
+
+
+def stop_keeping(error: desks.DeskError) -> None:
+    """The page goes on without its desk for the rest of the session."""
+    state.desk_store = None
+    say_once(f"A reload of this page would lose your drawings: {error}.")
+
+
+def say_once(message: str) -> None:
+    if not state.get("desk_said"):
+        st.toast(message, icon=":material/warning:", duration="long")
+        state.desk_said = True
+
+
+if "desk" not in state:
+    open_desk()
+if st.query_params.get("desk") != state.desk:  # a new desk, or the URL of another page's link
+    st.query_params["desk"] = state.desk
+
+
 def canvas_key(slot) -> str:
-    name = QUERY if slot == QUERY else f"{slot[0]}_{slot[1]}"
-    return f"draw_canvas_{name}_{state.draw_versions.get(slot, 0)}"
+    return f"draw_canvas_{desks.slot_name(slot)}_{state.draw_versions.get(slot, 0)}"
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint ...", max_entries=8)
@@ -184,20 +247,24 @@ def choose_checkpoint():
 def settings(defaults: dict, model_id: str) -> tuple:
     """Classes, drawings per class, inner learning rate and steps: the checkpoint's, unless overridden."""
     with st.container(horizontal=True):  # side by side, as many as the width allows
-        ways = st.number_input("Classes (N ways)", 2, MAX_WAYS, min(max(defaults["ways"], 2), MAX_WAYS),
-                               key=f"draw_ways_{model_id}", persist_state="session", width=200)
-        shots = st.number_input("Drawings per class (K shots)", 1, MAX_SHOTS, min(max(defaults["shots"], 1), MAX_SHOTS),
-                                key=f"draw_shots_{model_id}", persist_state="session", width=200)
+        ways = setting("Classes (N ways)", 2, MAX_WAYS, defaults["ways"], f"draw_ways_{model_id}")
+        shots = setting("Drawings per class (K shots)", 1, MAX_SHOTS, defaults["shots"], f"draw_shots_{model_id}")
         if isinstance(defaults["inner_lr"], dict):  # MAML++'s learned rates, one per layer and inner step
             inner_lr = defaults["inner_lr"]
         else:
-            inner_lr = float(st.number_input("Inner learning rate α", 0.0, 10.0,
-                                             min(float(defaults["inner_lr"]), 10.0), step=0.05, format="%g",
-                                             key=f"draw_lr_{model_id}", persist_state="session", width=200))
-        steps = st.number_input("Inner steps", 0, MAX_STEPS, min(defaults["steps"], MAX_STEPS),
-                                key=f"draw_steps_{model_id}", persist_state="session", width=200,
-                                help="Gradient steps on your drawings. The checkpoint's test-time setting by default.")
+            inner_lr = float(setting("Inner learning rate α", 0.0, 10.0, float(defaults["inner_lr"]),
+                                     f"draw_lr_{model_id}", step=0.05, format="%g"))
+        steps = setting("Inner steps", 0, MAX_STEPS, defaults["steps"], f"draw_steps_{model_id}",
+                        help="Gradient steps on your drawings. The checkpoint's test-time setting by default.")
     return int(ways), int(shots), inner_lr, int(steps)
+
+
+def setting(label: str, low, high, default, key: str, **options):
+    """A setting's number input, persisted for the session: the checkpoint's default, or the desk's (open_desk),
+    brought within bounds (a desk saved by a version of the page with other bounds)."""
+    if key not in state or not low <= state[key] <= high:  # not value=: Streamlit warns of a widget given both
+        state[key] = min(max(state.get(key, default), low), high)
+    return st.number_input(label, low, high, key=key, persist_state="session", width=200, **options)
 
 
 def clear(slots: list, names: int = 0) -> None:
@@ -400,6 +467,7 @@ def adapt_and_classify_section(model, model_id: str, names: list, inks: list, in
         with st.container(width=SLOT_WIDTH):
             st.markdown("**Query**: a new drawing of one of your classes")
             query = slot(QUERY)
+            keep_desk()  # here, after every canvas: a stroke on the query reruns this fragment alone
             st.button("Clear the query", key="draw_clear_query", on_click=clear, args=([QUERY],),
                       icon=":material/ink_eraser:")
         result = st.container(width="stretch")

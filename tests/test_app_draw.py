@@ -14,10 +14,10 @@ from safetensors.torch import save_file
 from streamlit.testing.v1 import AppTest
 from torch.func import functional_call
 
-from apptests import open_page
 from canvas_drawings import QUERY, QUERY_NAME, SHAPES, canvas_image, data_url
 from fake_omniglot import write_fake_omniglot
-from fewshot import limits, maml
+from apptests import APP, open_page
+from fewshot import desks, limits, maml
 from fewshot.adaptation import DEFAULT_CHECKPOINT
 from fewshot.checkpoints import checkpoint_metadata, load_checkpoint, save_checkpoint
 from fewshot.config import Config
@@ -48,9 +48,10 @@ def draw(app: AppTest, slot: str, strokes: list, **options) -> None:
     canvas_message(app, slot, data_url(canvas_image(strokes, **options)))
 
 
-def canvas_message(app: AppTest, slot: str, url: str) -> None:
-    """What the browser sends for the canvas of `slot`: its strokes (none here) and `url`, the PNG as a data URL."""
-    app.session_state[f"draw_canvas_{slot}_0"] = {"drawing": {"raw": {"objects": []}, "data": url}}
+def canvas_message(app: AppTest, slot: str, url: str, strokes: dict | None = None) -> None:
+    """What the browser sends for the canvas of `slot`: its strokes (fabric.js' JSON: none unless given) and
+    `url`, the PNG as a data URL."""
+    app.session_state[f"draw_canvas_{slot}_0"] = {"drawing": {"raw": strokes or {"objects": []}, "data": url}}
 
 
 def draw_all_classes(app: AppTest, classes=range(len(NAMES))) -> None:
@@ -394,3 +395,94 @@ def test_clear_all_empties_the_classes_hidden_by_fewer_classes_too():
     assert not app.exception, app.exception
     assert empty_slots(app) == 6
     assert all(app.text_input(key=f"draw_name_{c}").value == "" for c in range(5))
+
+
+def reopened_draw_page(desk: str) -> AppTest:
+    """The Draw page in a new session whose URL names `desk`: the page reloaded, or the browser reconnected to a
+    restarted server."""
+    app = AppTest.from_file(APP, default_timeout=120)
+    app.query_params["desk"] = desk
+    app.run().switch_page("pages/draw.py").run()
+    assert not app.exception, app.exception
+    return app
+
+
+def initial_drawings(app: AppTest) -> dict:
+    """Canvas key -> the strokes its canvas is drawn with as it appears (None for an empty canvas)."""
+    canvases = [json.loads(element.proto.json) | {"key": element.proto.id.rsplit("-", 1)[-1]}
+                for element in app.get("bidi_component")]
+    return {canvas["key"]: canvas["initialDrawing"] for canvas in canvases}
+
+
+def shots_input(app: AppTest):
+    return next(number for number in app.number_input if number.label.startswith("Drawings per class"))
+
+
+def test_drawings_names_and_settings_survive_a_reload_or_a_restarted_server():
+    app = open_draw_page()
+    desk = app.query_params["desk"]
+    assert desks.is_desk(desk)  # put in the URL at once
+    shots_input(app).set_value(2).run()
+    draw_all_classes(app)
+    strokes = {"version": "4.4.0", "objects": [{"type": "path", "path": [["M", 30, 40], ["L", 90, 100]]}]}
+    canvas_message(app, "4_1", data_url(canvas_image([[(30, 40), (90, 100)]])), strokes)
+    app.run()
+    assert not app.exception and empty_slots(app) == 4  # 5 classes of 2 and the query: 7 drawn
+    drawn = app.session_state["draw_kept"]
+
+    again = reopened_draw_page(desk)
+    assert again.query_params["desk"] == desk and not again.toast
+    assert [again.text_input(key=f"draw_name_{c}").value for c in range(len(NAMES))] == NAMES
+    assert shots_input(again).value == 2
+    assert empty_slots(again) == 4 and "Press **Adapt**" in texts(again, "info")  # every class has a drawing
+    restored = again.session_state["draw_kept"]
+    assert restored.keys() == drawn.keys()
+    assert all(np.array_equal(restored[slot][1], drawn[slot][1]) for slot in drawn)  # what the model sees
+    assert initial_drawings(again)["draw_canvas_4_1_0"]["objects"] == strokes["objects"]  # redrawn in the browser
+
+    button(again, "Clear all").click().run()  # and what is cleared stays cleared
+    cleared = reopened_draw_page(desk)
+    assert empty_slots(cleared) == 11 and all(cleared.text_input(key=f"draw_name_{c}").value == "" for c in range(5))
+
+
+@pytest.mark.parametrize("forged", ["../x", "a" * 10_000], ids=["path", "10-KB"])
+def test_a_forged_desk_in_the_url_is_ignored(folders, forged):
+    app = reopened_draw_page(forged)
+    assert not app.toast and not app.error and empty_slots(app) == 6
+    desk = app.query_params["desk"]
+    assert desks.is_desk(desk) and desk != forged  # a new desk instead
+    draw(app, "0_0", SHAPES["X"])
+    app.run()
+    store = desks.Desks(folders / "runs" / desks.DB_FILE)
+    assert store.load(desk) is not None and store.load(forged) is None
+
+
+def test_a_damaged_desks_file_leaves_the_page_working_and_says_so_once(folders, monkeypatch):
+    path = folders / "desks.sqlite3"
+    path.write_bytes(b"certainly not a database " * 100)
+    monkeypatch.setenv("FEWSHOT_DESKS", str(path))
+    app = open_draw_page()
+    [toast] = app.toast
+    assert toast.value.startswith("A reload of this page would lose your drawings") and str(path) in toast.value
+    draw_all_classes(app)
+    app.run()
+    assert not app.exception and not app.toast  # said once
+    button(app, "Adapt").click().run()
+    assert not app.exception and f"**{QUERY_NAME}**" in texts(app, "markdown")
+
+
+def test_drawings_beyond_a_desks_bound_are_said_once_and_the_last_save_stays(monkeypatch):
+    monkeypatch.setattr(desks, "MAX_DESK_BYTES", 4_000)  # one drawing (1 KB of ink), not six
+    app = open_draw_page()
+    draw(app, "0_0", SHAPES["X"])
+    app.run()
+    assert not app.toast
+    draw_all_classes(app)
+    app.run()
+    [toast] = app.toast
+    assert toast.value.startswith("A reload of this page would lose your latest drawings") and "4 KB" in toast.value
+    draw(app, "query", SHAPES["circle"])
+    app.run()
+    assert not app.exception and not app.toast  # said once
+    again = reopened_draw_page(app.query_params["desk"])
+    assert empty_slots(again) == 5 and again.session_state["draw_kept"].keys() == {(0, 0)}

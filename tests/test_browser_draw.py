@@ -102,6 +102,22 @@ def test_five_drawn_characters_and_a_new_drawing_is_recognised(page):
     assert re.match(rf"Prediction after adaptation: {SECOND_QUERY_NAME} \(\d+%\)", prediction.inner_text())
 
 
+def test_a_stroke_survives_a_reload_of_the_page(page):
+    """The page's URL names its desk (fewshot/desks.py): reloaded, as students press F5, or reconnected to a
+    restarted server, the page draws the strokes again, and the model sees them."""
+    canvases = page.locator("canvas.upper-canvas")
+    canvases.nth(len(SHAPES)).wait_for()
+    page.wait_for_selector(IDLE)
+    _draw(page, canvases.nth(0), SHAPES["X"], empty_after=len(SHAPES))
+    assert re.search(r"[?&]desk=[\w-]{22}(&|$)", page.url), page.url
+
+    _rerun(page, page.reload)
+    canvases.nth(len(SHAPES)).wait_for()
+    _redrawn(page, canvases, 1, "draw-after-reload.png")
+    assert not _inked(canvases.nth(1))  # the stroke is where it was drawn, not everywhere
+    assert page.locator("body").inner_text().split("\n").count("empty") == len(SHAPES)  # its 28x28 image shows
+
+
 def test_on_a_projector_nothing_is_cut_and_the_query_is_in_the_first_two_screens(projector, data_root):
     page = projector
     sidebar = page.locator('[data-testid="stSidebar"]').bounding_box()
