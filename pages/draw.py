@@ -49,6 +49,7 @@ QUERY = desks.QUERY
 # Omniglot fills' count and the filled query's class. (Not the last adaptation: a restarted server's reloading
 # room would all adapt at once; Adapt does it again.)
 DESK_VALUES = re.compile(r"draw_(name_\d+|(ways|shots|lr|steps)_[\w-]+|fills|query_answer)")
+MAX_SEED = 2**31  # Fill from Omniglot's presses: the next fill's seed
 # The canvas' toolbar shows on hover above its top right corner, over what is above: the heading, a name, the
 # canvas above. Before it shows, it lies unseen over the canvas' top 30 px and takes the strokes that start
 # there. The canvas keeps its styles in a shadow root, out of the page's CSS: this script adds a rule to each
@@ -105,10 +106,26 @@ def open_desk() -> None:
         saved = state.desk_store.load(state.desk)
         if saved:
             state.draw_kept, state.draw_filled, values = desks.unpack(saved)
-            state.update({key: value for key, value in values.items() if DESK_VALUES.fullmatch(key)})
+            state.update({key: value for key, value in values.items() if restorable(key, value)})
             state.desk_saved = hashlib.sha1(saved.encode()).hexdigest()
     except desks.DeskError as error:
         stop_keeping(error)
+
+
+def restorable(key: str, value) -> bool:
+    """Whether a desk's value may go back into the session state: one the page keeps (DESK_VALUES), of the type
+    and within the bounds of the widget or counter it goes to. A desk file is on the server's disk, edited or
+    damaged maybe: a name of any length, or a class of 2.5, would reach the page. (Settings out of range are
+    brought within it by `setting`.)"""
+    if not DESK_VALUES.fullmatch(key) or isinstance(value, bool):
+        return False
+    if key.startswith("draw_name_"):
+        return isinstance(value, str) and len(value) <= MAX_NAME
+    if key == "draw_fills":
+        return type(value) is int and 0 <= value < MAX_SEED
+    if key == "draw_query_answer":
+        return type(value) is int and 0 <= value < MAX_WAYS
+    return type(value) in (float, int) if key.startswith("draw_lr_") else type(value) is int
 
 
 def keep_desk() -> None:

@@ -486,3 +486,17 @@ def test_drawings_beyond_a_desks_bound_are_said_once_and_the_last_save_stays(mon
     assert not app.exception and not app.toast  # said once
     again = reopened_draw_page(app.query_params["desk"])
     assert empty_slots(again) == 5 and again.session_state["draw_kept"].keys() == {(0, 0)}
+
+
+def test_a_desk_edited_on_disk_gives_back_only_values_of_the_right_type_and_bounds(folders):
+    """A desk file is on the server's disk: a name of 1,000 characters, a class of 2.5 or a fill count of 10**30
+    must not reach the page (a traceback at Fill from Omniglot, a float index of the names)."""
+    desk = desks.new_desk()
+    values = {"draw_name_0": "x" * 1000, "draw_name_1": "kept", "draw_name_2": 7, "draw_fills": 10**30,
+              "draw_query_answer": 2.5, "draw_unknown": "no"}
+    desks.Desks(folders / "runs" / desks.DB_FILE).save(desk, desks.pack({}, {}, values))
+    app = reopened_draw_page(desk)
+    assert not app.exception and not app.toast
+    assert [app.text_input(key=f"draw_name_{c}").value for c in range(3)] == ["", "kept", ""]
+    assert app.session_state["draw_fills"] == 0 and "draw_query_answer" not in app.session_state
+    assert "draw_unknown" not in app.session_state
