@@ -50,6 +50,8 @@ INSERT = """INSERT OR IGNORE INTO answers (ways, one_alphabet, seed, task, query
 STANDINGS = f"""SELECT ways, one_alphabet, count(DISTINCT session), count(*), sum(student = truth), sum(model = truth)
     FROM answers WHERE ways IN ({", ".join(map(str, WAYS))}) AND one_alphabet IN (0, 1)
     GROUP BY ways, one_alphabet ORDER BY one_alphabet, ways"""  # the challenge's levels, whatever else the file holds
+PLAYED = """SELECT ways, one_alphabet, seed, task, session, student, model, truth FROM answers
+    WHERE session > ? AND session < ? ORDER BY ways, one_alphabet, seed, task, session, query LIMIT ?"""
 
 
 class ScoreboardError(Exception):
@@ -125,6 +127,20 @@ class Scoreboard:
         """The room's results, a Standing per level played: mixed alphabets first, fewer ways first."""
         rows = self._retrying(lambda db: db.execute(STANDINGS).fetchall())
         return [Standing(Level(ways, bool(one_alphabet)), *counts) for ways, one_alphabet, *counts in rows]
+
+    def played(self, desk: str) -> dict:
+        """The tasks played by the sessions of a desk (session ids "<desk>.<suffix>"), as the challenge page keeps
+        them: (level, seed, task) -> the student's answers, the model's and the truth, by query; a task that two of
+        them played (a link with the desk, shared), the first's. At most MAX_SESSION_ANSWERS answers are read,
+        whatever the file holds."""
+        rows = self._retrying(lambda db: db.execute(PLAYED, (desk + ".", desk + "/", MAX_SESSION_ANSWERS)).fetchall())
+        tasks, players = {}, {}
+        for ways, one_alphabet, seed, task, session, *answers in rows:
+            key = (Level(ways, bool(one_alphabet)), seed, task)
+            if players.setdefault(key, session) == session:
+                for column, answer in zip(tasks.setdefault(key, ([], [], [])), answers):
+                    column.append(answer)
+        return tasks
 
     def _create(self, db) -> None:
         db.execute("PRAGMA journal_mode=WAL")  # kept in the file: readers never wait for a writer

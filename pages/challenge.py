@@ -3,16 +3,19 @@
 The page shows task `challenge_task` of the seed chosen, one query at a time; each click on a class answers the
 query shown. After the last query the model adapts to the task (fewshot/challenge.py), the page shows both
 answers and the truth, and stores them on the class scoreboard (fewshot/scoreboard.py), if it can be opened.
+The player is the desk in the page's URL (?desk=, fewshot/desks.py), as on the Draw page: a reload of the page, or
+a restart of the server, starts a new session, which reads the tasks that the desk's sessions played back from the
+scoreboard.
 """
 
-import uuid
+import secrets
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 import app_ui as ui
-from fewshot import challenge, runs, scoreboard
+from fewshot import challenge, desks, runs, scoreboard
 from fewshot.adaptation import idle_threads, load_adaptable, ways_of
 from fewshot.checkpoints import CheckpointError
 from fewshot.config import Config
@@ -28,10 +31,16 @@ MAX_TASKS = scoreboard.MAX_SESSION_ANSWERS // challenge.QUERIES  # results a ses
 ROOM_REFRESH_S = 5  # the room's standings are read again at most this often, however many students click
 
 state = st.session_state
-state.setdefault("challenge_session", uuid.uuid4().hex)  # anonymous: this browser session, nothing else
+if "challenge_session" not in state:  # anonymous: this browser session of the tab's desk, nothing else
+    desk = st.query_params.get("desk")  # from the URL: anything. Else the Draw page's, where this session has one
+    # (a switch of page leaves the URL's parameters behind), else a new one
+    state.challenge_desk = desk if desks.is_desk(desk) else state.get("desk") or desks.new_desk()
+    # A session of its own under the desk: students who open one shared link (a teacher's, copied with its desk)
+    # record their answers apart, where one id would keep the first student's answer to each query only.
+    state.challenge_session = f"{state.challenge_desk}.{secrets.token_hex(4)}"
+if st.query_params.get("desk") != state.challenge_desk:  # a new desk, or the URL of another page's link
+    st.query_params["desk"] = state.challenge_desk
 state.setdefault("challenge_given", [])  # the student's answers to the task shown, so far
-state.setdefault("challenge_played", {})  # (level, seed, number) -> the student's answers, the model's, its
-# confidences and the truth
 
 
 @st.cache_resource(show_spinner=False)
@@ -62,6 +71,21 @@ def open_scoreboard():
         st.warning(f"No class scoreboard ({error}): the game goes on, but answers are not stored.",
                    icon=":material/database_off:")
         return None
+
+
+def played_before(board) -> dict:
+    """(level, seed, number) -> the student's answers, the model's, its confidences and the truth, of the tasks
+    played under this tab's desk in sessions before this one. Their confidences were not stored: None, never
+    shown, for settings() goes on to the task after them."""
+    if board is None:
+        return {}
+    try:
+        return {key: (student, model, None, truth)
+                for key, (student, model, truth) in board.played(state.challenge_desk).items()}
+    except scoreboard.ScoreboardError as error:
+        st.warning(f"Your earlier answers cannot be read from the class scoreboard ({error}): you start afresh.",
+                   icon=":material/database_off:")
+        return {}
 
 
 def answer(task, query: int, given: int, model, metadata, board) -> None:
@@ -187,6 +211,9 @@ except (DatasetNotFound, OSError) as error:
     st.error(f"Cannot read Omniglot: {error}", icon=":material/error:")
     st.stop()
 
+board = open_scoreboard()
+if "challenge_played" not in state:  # a session's start
+    state.challenge_played = played_before(board)
 level, seed = settings()
 path = challenge.model_path(runs.checkpoints_dir(), level.ways)
 try:
@@ -202,7 +229,6 @@ if ways_of(model) != level.ways:  # another model copied over the file: it could
     st.error(f"Cannot use the {level.ways}-way model: {path.name} tells {ways_of(model)} classes apart, not "
              f"{level.ways}.", icon=":material/error:")
     st.stop()
-board = open_scoreboard()
 if "challenge_unsaved" in state:
     st.warning(state.pop("challenge_unsaved"), icon=":material/database_off:")
 
@@ -215,8 +241,8 @@ if played is not None:
     button.button("Next task", type="primary", icon=":material/arrow_forward:", on_click=next_task,
                   width="stretch")
 elif len(state.challenge_played) >= MAX_TASKS:
-    st.info(f"This session has played {MAX_TASKS} tasks, the most one session keeps. Reload the page to start "
-            "afresh.")
+    st.info(f"This session has played {MAX_TASKS} tasks, the most one session keeps. Open the app's address "
+            "without its ?desk=... to start afresh.")
     st.stop()
 else:
     show_query(task)

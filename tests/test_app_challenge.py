@@ -1,5 +1,6 @@
 """The Challenge page with Streamlit's AppTest: a task played through the page's buttons, its score, the rows the
-class scoreboard stores, the settings, and a page without Omniglot or without a usable scoreboard."""
+class scoreboard stores, the settings, a game that survives a reload, and a page without Omniglot or without a
+usable scoreboard."""
 
 import shutil
 import sqlite3
@@ -8,8 +9,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptests import open_page
-from fewshot import challenge, limits, scoreboard
+from apptests import APP, open_page
+from fewshot import challenge, desks, limits, scoreboard
 from fewshot.checkpoints import checkpoint_metadata, load_checkpoint, save_checkpoint
 from fewshot.config import Config
 from fewshot.models import build_model
@@ -88,6 +89,73 @@ def test_a_played_task_is_scored_against_the_model_and_stored(unseen, folders):
     play(app, task2.truth)  # all right this time
     right2 = right + sum(m == t for m, t in zip(model2, task2.truth))
     assert f"So far at 5-way: you 8 of 10 (80%), the model {right2} of 10 ({right2 / 10:.0%})" in texts(app, "markdown")
+
+
+def reopened_challenge_page(desk: str) -> AppTest:
+    """The Challenge page in a new session whose URL names `desk`: the page reloaded, or the browser reconnected to
+    a restarted server."""
+    app = AppTest.from_file(APP, default_timeout=120)
+    app.query_params["desk"] = desk
+    app.run().switch_page("pages/challenge.py").run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_the_game_survives_a_reload_or_a_restarted_server(unseen, folders):
+    level = challenge.Level(5, False)
+    app = open_challenge_page()
+    desk = app.query_params["desk"]
+    assert desks.is_desk(desk)  # put in the URL at once
+    task, model = expected(unseen, level, seed=1, number=1)
+    play(app, task.truth)  # 5 of 5
+
+    again = reopened_challenge_page(desk)
+    assert again.query_params["desk"] == desk and not again.warning
+    assert "#### Seed 1 · task 2 · 5-way" in texts(again, "markdown")  # on to the next task
+    task2, model2 = expected(unseen, level, seed=1, number=2)
+    play(again, [(t + 1) % 5 for t in task2.truth])  # 0 of 5
+    right = sum(m == t for m, t in zip(model + model2, task.truth + task2.truth))
+    assert (f"So far at 5-way: you 5 of 10 (50%), the model {right} of 10 ({right / 10:.0%})"
+            in texts(again, "markdown"))  # the running score of both sessions
+    stored = sqlite3.connect(folders / "board.sqlite3").execute("SELECT DISTINCT session, task FROM answers")
+    (first, task_1), (second, task_2) = stored.fetchall()
+    assert (task_1, task_2) == (1, 2) and first != second  # a session each: two students on one shared link
+    assert first.startswith(desk + ".") and second.startswith(desk + ".")  # record their answers apart
+
+
+@pytest.mark.parametrize("forged", ["../x", "a" * 10_000, "0123456789abcdef0123456789abcdef"],
+                         ids=["path", "10-KB", "uuid"])
+def test_a_forged_player_id_in_the_url_is_ignored(folders, forged):
+    """Even one with answers on the scoreboard (an older page's session id, or rows another program wrote)."""
+    level = challenge.Level(5, False)
+    answers = [scoreboard.Answer(level, 1, 1, q + 1, 0, 0, 0) for q in range(challenge.QUERIES)]
+    scoreboard.Scoreboard(folders / "board.sqlite3").record(answers, forged)
+    app = reopened_challenge_page(forged)
+    desk = app.query_params["desk"]
+    assert desks.is_desk(desk) and desk != forged and app.session_state["challenge_session"].startswith(desk + ".")
+    assert "#### Seed 1 · task 1 · 5-way" in texts(app, "markdown") and "**Query 1 of 5**" in texts(app, "markdown")
+
+
+def test_one_tab_is_one_player_on_the_draw_and_challenge_pages(folders):
+    """A switch of page leaves the URL's desk behind: the Challenge page takes the Draw page's desk, so that a reload
+    on either page finds both."""
+    app = open_page("pages/draw.py")
+    desk = app.query_params["desk"]
+    del app.query_params["desk"]
+    app.switch_page("pages/challenge.py").run()
+    assert not app.exception, app.exception
+    assert app.session_state["challenge_desk"] == desk and app.query_params["desk"] == desk
+
+
+def test_unreadable_earlier_answers_are_one_line_and_the_game_starts_afresh(folders, monkeypatch):
+    def locked(board, session):
+        raise scoreboard.ScoreboardError(f"{board.path}: database is locked")
+    monkeypatch.setattr(scoreboard.Scoreboard, "played", locked)
+    app = open_challenge_page()
+    assert texts(app, "warning") == (f"Your earlier answers cannot be read from the class scoreboard ("
+                                     f"{folders / 'board.sqlite3'}: database is locked): you start afresh.")
+    play(app, [0] * challenge.QUERIES)
+    assert "So far at 5-way: you" in texts(app, "markdown") and not app.error
 
 
 def test_the_settings_choose_the_task(unseen, folders):

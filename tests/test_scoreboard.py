@@ -48,6 +48,26 @@ def test_a_session_answers_each_query_once(tmp_path):
     assert board.record(task_answers(FIVE, 1, 1, [1], [1], [0]), "s2") == 1  # another session's answer counts
 
 
+def test_a_desks_tasks_are_read_back_as_played(tmp_path, monkeypatch):
+    """What the challenge page rebuilds a reloaded session's game from: the tasks of the desk's sessions
+    ("<desk>.<suffix>"), each query's answers in query order whatever the order they were recorded in, a task two
+    sessions played (a shared link) the first's alone, and no other desk's."""
+    board = Scoreboard(tmp_path / "board.sqlite3")
+    board.record(task_answers(FIVE, 7, 2, [0, 1, 2], [0, 1, 1], [4, 1, 2]), "d1.a")
+    board.record(task_answers(FIVE, 7, 1, [3, 3], [2, 3], [3, 0])[::-1], "d1.b")  # query 2 first, after a reload
+    board.record(task_answers(FIVE, 7, 1, [1, 1], [2, 3], [3, 0]), "d1.c")  # the same task, on a shared link
+    board.record(task_answers(TWENTY_ONE_ALPHABET, 7, 1, [19], [18], [19]), "d1.a")
+    board.record(task_answers(FIVE, 7, 3, [1], [1], [1]), "d2.a")
+    board.record(task_answers(FIVE, 7, 4, [1], [1], [1]), "d1")  # no session of d1's: another program's row
+    assert board.played("d1") == {(FIVE, 7, 2): ([0, 1, 2], [0, 1, 1], [4, 1, 2]),
+                                  (FIVE, 7, 1): ([3, 3], [2, 3], [3, 0]),
+                                  (TWENTY_ONE_ALPHABET, 7, 1): ([19], [18], [19])}
+    assert board.played("d2") == {(FIVE, 7, 3): ([1], [1], [1])}
+    assert board.played("d3") == {} and board.played("d") == {}
+    monkeypatch.setattr(scoreboard, "MAX_SESSION_ANSWERS", 4)  # rows another program wrote: no more read than that
+    assert board.played("d1") == {(FIVE, 7, 1): ([3, 3], [2, 3], [3, 0])}  # its first 4 rows: d1.b's, d1.c's
+
+
 def test_nicknames_are_cleaned_and_bounded(tmp_path):
     board = Scoreboard(tmp_path / "board.sqlite3")
     nicknames = ["  Zoë   <b>O'Neil</b>\n", "x" * 500, "😀<>;", "Robert'); DROP TABLE answers;--"]
