@@ -117,7 +117,8 @@ def test_the_game_survives_a_reload_or_a_restarted_server(unseen, folders):
     right = sum(m == t for m, t in zip(model + model2, task.truth + task2.truth))
     assert (f"So far at 5-way: you 5 of 10 (50%), the model {right} of 10 ({right / 10:.0%})"
             in texts(again, "markdown"))  # the running score of both sessions
-    stored = sqlite3.connect(folders / "board.sqlite3").execute("SELECT DISTINCT session, task FROM answers")
+    stored = sqlite3.connect(folders / "board.sqlite3").execute("SELECT DISTINCT session, task FROM answers "
+                                                                "ORDER BY task")  # not by the random suffixes
     (first, task_1), (second, task_2) = stored.fetchall()
     assert (task_1, task_2) == (1, 2) and first != second  # a session each: two students on one shared link
     assert first.startswith(desk + ".") and second.startswith(desk + ".")  # record their answers apart
