@@ -10,7 +10,7 @@ import pandas
 import pyarrow
 import streamlit as st
 
-from fewshot import access, limits, runs
+from fewshot import access, desks, limits, runs
 from fewshot.config import FIELDS, Config
 from fewshot.omniglot import Omniglot, load_omniglot
 from fewshot.plots import X_AXES, training_curves
@@ -84,6 +84,19 @@ def literal(text: str) -> str:
     message, a progress bar's or a button's label. (An emoji code such as :smile: still shows the emoji, and a
     web address is still a link, showing the address.)"""
     return MARKDOWN_SYNTAX.sub(r"\\\g<0>", " ".join(text.splitlines()))
+
+
+def tab_desk() -> str:
+    """This browser tab's desk (fewshot/desks.py), under which the Draw page keeps its drawings and the Challenge
+    page its game, over a reload or a restarted server: the URL's at the session's start, where it names one, else a
+    new one; kept for the session (a switch of page leaves the URL's parameters behind), and put back in the URL,
+    for a reload to send."""
+    if "desk" not in st.session_state:
+        desk = st.query_params.get("desk")  # from the URL: anything
+        st.session_state.desk = desk if desks.is_desk(desk) else desks.new_desk()
+    if st.query_params.get("desk") != st.session_state.desk:  # a new desk, or the URL of another page's link
+        st.query_params["desk"] = st.session_state.desk
+    return st.session_state.desk
 
 
 def runs_page() -> None:

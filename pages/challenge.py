@@ -15,7 +15,7 @@ import numpy as np
 import streamlit as st
 
 import app_ui as ui
-from fewshot import challenge, desks, runs, scoreboard
+from fewshot import challenge, runs, scoreboard
 from fewshot.adaptation import idle_threads, load_adaptable, ways_of
 from fewshot.checkpoints import CheckpointError
 from fewshot.config import Config
@@ -31,15 +31,11 @@ MAX_TASKS = scoreboard.MAX_SESSION_ANSWERS // challenge.QUERIES  # results a ses
 ROOM_REFRESH_S = 5  # the room's standings are read again at most this often, however many students click
 
 state = st.session_state
+desk = ui.tab_desk()
 if "challenge_session" not in state:  # anonymous: this browser session of the tab's desk, nothing else
-    desk = st.query_params.get("desk")  # from the URL: anything. Else the Draw page's, where this session has one
-    # (a switch of page leaves the URL's parameters behind), else a new one
-    state.challenge_desk = desk if desks.is_desk(desk) else state.get("desk") or desks.new_desk()
     # A session of its own under the desk: students who open one shared link (a teacher's, copied with its desk)
     # record their answers apart, where one id would keep the first student's answer to each query only.
-    state.challenge_session = f"{state.challenge_desk}.{secrets.token_hex(4)}"
-if st.query_params.get("desk") != state.challenge_desk:  # a new desk, or the URL of another page's link
-    st.query_params["desk"] = state.challenge_desk
+    state.challenge_session = f"{desk}.{secrets.token_hex(4)}"
 state.setdefault("challenge_given", [])  # the student's answers to the task shown, so far
 
 
@@ -81,7 +77,7 @@ def played_before(board) -> dict:
         return {}
     try:
         return {key: (student, model, None, truth)
-                for key, (student, model, truth) in board.played(state.challenge_desk).items()}
+                for key, (student, model, truth) in board.played(state.desk).items()}
     except scoreboard.ScoreboardError as error:
         st.warning(f"Your earlier answers cannot be read from the class scoreboard ({error}): you start afresh.",
                    icon=":material/database_off:")

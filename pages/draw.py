@@ -96,14 +96,12 @@ if state.get("page_before", "Draw") != "Draw":  # back from another page (app.py
     state.draw_shown = set()  # blank, so every one is redrawn with its kept strokes
 
 
-def open_desk() -> None:
-    """At a session's start (a first visit, a reload, a restarted server): the drawings, names and settings of
-    the desk that the URL names put back, before any canvas is drawn; a new desk where the URL names none."""
-    desk = st.query_params.get("desk")  # from the URL: anything
-    state.desk = desk if desks.is_desk(desk) else desks.new_desk()
+def open_desk(desk: str) -> None:
+    """At a session's first visit (a first visit, a reload, a restarted server): the drawings, names and settings
+    of the tab's desk (ui.tab_desk) put back, before any canvas is drawn."""
     try:
         state.desk_store = desks.Desks(desks.db_path())
-        saved = state.desk_store.load(state.desk)
+        saved = state.desk_store.load(desk)
         if saved:
             state.draw_kept, state.draw_filled, values = desks.unpack(saved)
             state.update({key: value for key, value in values.items() if restorable(key, value)})
@@ -163,10 +161,9 @@ def say_once(message: str) -> None:
         state.desk_said = True
 
 
-if "desk" not in state:
-    open_desk()
-if st.query_params.get("desk") != state.desk:  # a new desk, or the URL of another page's link
-    st.query_params["desk"] = state.desk
+desk = ui.tab_desk()
+if "desk_store" not in state:
+    open_desk(desk)
 
 
 def canvas_key(slot) -> str:

@@ -145,7 +145,7 @@ def test_one_tab_is_one_player_on_the_draw_and_challenge_pages(folders):
     del app.query_params["desk"]
     app.switch_page("pages/challenge.py").run()
     assert not app.exception, app.exception
-    assert app.session_state["challenge_desk"] == desk and app.query_params["desk"] == desk
+    assert app.session_state["desk"] == desk and app.query_params["desk"] == desk
 
 
 def test_unreadable_earlier_answers_are_one_line_and_the_game_starts_afresh(folders, monkeypatch):
