@@ -12,6 +12,7 @@ named in the URL, gives it back the drawings, names and settings, saved whenever
 
 import hashlib
 import io
+import json
 import re
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ SLOT_WIDTH = CANVAS_SIZE + TOOLBAR_WIDTH + PREVIEW_SIZE + 8  # a drawing, its to
 GAP = 16  # pixels between a class' slots: Streamlit's "small" gap, 1rem
 MAX_WAYS, MAX_SHOTS, MAX_STEPS = 20, 5, 50
 MAX_NAME = 60  # characters in a class name
+MAX_STROKES_BYTES = 100_000  # a canvas' strokes (fabric.js' JSON) kept to redraw it; a drawing's take 4 to 20 KB
 CHART_WIDTH = 440  # two charts side by side on a wide screen, one above the other on a projector
 STILL = {"displayModeBar": False}  # no zoom buttons over the charts' titles
 UPLOAD = "upload"
@@ -337,18 +339,40 @@ def canvas(slot_id) -> np.ndarray | None:
         state.draw_restored[slot_id] = state.draw_kept[slot_id]
     shown_now.add(slot_id)
     restored_strokes, restored_ink = state.draw_restored.get(slot_id, (None, None))
-    result = st_canvas(stroke_width=STROKE_WIDTH, stroke_color="#000000", background_color="#ffffff",
-                       width=CANVAS_SIZE, height=CANVAS_SIZE, return_image_data=True,
-                       initial_drawing=restored_strokes, key=canvas_key(slot_id))
     try:
+        result = st_canvas(stroke_width=STROKE_WIDTH, stroke_color="#000000", background_color="#ffffff",
+                           width=CANVAS_SIZE, height=CANVAS_SIZE, return_image_data=True,
+                           initial_drawing=restored_strokes, key=canvas_key(slot_id))
         png = result.image_bytes
-    except ValueError:  # a tampered browser's message: no base64 data URL (binascii.Error is a ValueError)
-        png = None
+    except (AttributeError, KeyError, TypeError, ValueError):  # a tampered browser's message, of any JSON: a number
+        png = None  # for the drawing or its data URL, a background fit without its fields, no base64 data URL, ...
     if not png:  # nothing drawn since the canvas appeared
         return restored_ink
     ink = model_input(png)
-    state.draw_kept[slot_id] = (result.json_data, ink)
+    kept_strokes = state.draw_kept.get(slot_id, (None, None))[0]
+    state.draw_kept[slot_id] = (keepable(result.json_data, kept_strokes), ink)
     return ink
+
+
+def keepable(strokes, kept):
+    """A canvas' strokes, if they may be kept to redraw it (draw_kept, and the desk): a JSON object of at most
+    MAX_STROKES_BYTES; else None, and a redraw shows the canvas blank beside its ink. A tampered browser may send
+    any JSON, up to Streamlit's 25 MB a message, for each of 101 canvases: a string fails the redraw, and every
+    rerun packs each kept drawing into the desk. `kept`, the strokes kept last, passes unmeasured: most reruns
+    send them again."""
+    if strokes == kept:
+        return kept
+    if not isinstance(strokes, dict):
+        return None
+    size = 0
+    try:
+        for chunk in json.JSONEncoder().iterencode(strokes):  # piece by piece: measuring stops at the bound
+            size += len(chunk)
+            if size > MAX_STROKES_BYTES:
+                return None
+    except RecursionError:  # objects nested a thousand deep
+        return None
+    return strokes
 
 
 def class_cards(ways: int, shots: int) -> tuple:
@@ -385,6 +409,7 @@ def fingerprint(*parts) -> str:
 
 def show_prediction(adaptation, names: list, unlike: float) -> None:
     """The adapted model's answer for the query, and whether the query looks like any of the classes at all."""
+    names = [ui.literal(name) for name in names]  # as typed, in markdown: a class named "*" or "$" stays one
     before, after = adaptation.before[0], adaptation.after[0]
     winner = int(after.argmax())
     st.markdown(f"#### Prediction after adaptation: **{names[winner]}** ({after[winner]:.0%})")
@@ -413,7 +438,7 @@ def missing_for_adapt(names: list, inks: list, model_ways: int, ways: int) -> st
     """What the page still needs before Adapt can run, in a line; None when nothing."""
     if ways != model_ways:
         return f"Set Classes to {model_ways} to adapt: this checkpoint tells exactly {model_ways} classes apart."
-    empty = [name for name, drawings in zip(names, inks) if not drawings]
+    empty = [ui.literal(name) for name, drawings in zip(names, inks) if not drawings]
     if empty:
         return (f"{', '.join(empty)} {'has' if len(empty) == 1 else 'have'} no drawing yet: draw at least one "
                 f"example in every class to adapt.")
