@@ -4,7 +4,6 @@ and Omniglot loaded once per server. It lives outside pages/ so that Streamlit n
 import re
 import secrets
 import threading
-import time
 
 import pandas
 import pyarrow
@@ -30,7 +29,6 @@ FLOAT_STEPS = {"inner_lr": 0.05, "outer_lr": 0.0005}
 STATUS_ICONS = {runs.FINISHED: "check_circle", runs.STOPPED: "stop_circle", runs.FAILED: "error",
                 runs.INTERRUPTED: "power_off", runs.QUEUED: "hourglass_top"}  # Material icons
 NEEDS_KEY = "Needs the instructor key (in the sidebar)."
-WRONG_KEY_DELAY = 1.0  # seconds a wrong instructor key waits: guessing it costs time
 # What would format a text in Streamlit's markdown wherever it stands in a line: emphasis, code, links and
 # footnotes, HTML, math, strikethrough, entities, directives (:red[...]); an underscore only where it is not
 # between two letters or digits (FEWSHOT_MAX_RUNS stays as it is: it emphasizes nothing).
@@ -126,10 +124,9 @@ def instructor_sidebar() -> None:
 
 
 def _check_key() -> None:
-    if access.is_right_key(st.session_state.get("instructor_entered", "")):
+    if access.check_key(st.session_state.get("instructor_entered", "")):
         st.session_state["instructor"] = True
     else:
-        time.sleep(WRONG_KEY_DELAY)
         st.session_state["instructor_wrong"] = True
     st.session_state["instructor_entered"] = ""
 

@@ -10,6 +10,11 @@ server.
 
 import hmac
 import os
+import threading
+import time
+
+WRONG_KEY_DELAY = 1.0  # seconds a wrong instructor key waits: guessing it costs time
+_key_checks = threading.Lock()  # one check of an entered key at a time, for the whole server
 
 
 def instructor_key() -> str | None:
@@ -29,6 +34,18 @@ def is_right_key(entered: str) -> bool:
     time of an answer says nothing about how much of a guess was right."""
     key = instructor_key()
     return key is not None and hmac.compare_digest(entered.strip().encode(), key.encode())
+
+
+def check_key(entered: str) -> bool:
+    """Whether `entered` is the instructor key, a wrong one answered after WRONG_KEY_DELAY seconds, one check at a
+    time for every browser session of the server. A session costs nothing to open: guesses sent from many at once
+    would otherwise wait their delay side by side, n sessions guessing n keys a second. The price: an entry waits
+    for the guesses sent before it, a second each."""
+    with _key_checks:
+        if is_right_key(entered):
+            return True
+        time.sleep(WRONG_KEY_DELAY)
+        return False
 
 
 def may_manage(has_key: bool) -> bool:

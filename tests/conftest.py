@@ -1,11 +1,13 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from fewshot.config import Config
 
-DATA_ROOT = os.environ.get("FEWSHOT_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "omniglot"))
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = os.environ.get("FEWSHOT_DATA", str(REPO.parent / "shared" / "omniglot"))
 
 
 def running_in_ci() -> bool:
@@ -59,3 +61,14 @@ def tiny(tmp_path, monkeypatch):
     monkeypatch.setattr("fewshot.omniglot.ALPHABETS", TINY)
     write_fake_omniglot(tmp_path / "data", TINY)
     return tmp_path / "data"
+
+
+@pytest.fixture
+def shipped_default_only(tmp_path, monkeypatch):
+    """Kept checkpoints and runs in temporary folders; the one checkpoint is the shipped default (MAML 5-way)."""
+    from fewshot.adaptation import DEFAULT_CHECKPOINT
+    monkeypatch.setenv("FEWSHOT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FEWSHOT_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copyfile(REPO / "checkpoints" / DEFAULT_CHECKPOINT, tmp_path / "checkpoints" / DEFAULT_CHECKPOINT)
+    return tmp_path

@@ -1,5 +1,8 @@
 """Who may do what on a server shared by a class (fewshot/access.py): the instructor key."""
 
+import threading
+import time
+
 import pytest
 
 from fewshot import access
@@ -41,3 +44,20 @@ def test_the_key_is_compared_in_constant_time(monkeypatch):
     monkeypatch.setattr(access.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or a == b)
     monkeypatch.setenv("FEWSHOT_INSTRUCTOR_KEY", "owl-42")
     assert access.is_right_key("owl-42") and compared == [(b"owl-42", b"owl-42")]
+
+
+def test_wrong_keys_wait_one_after_another_for_the_whole_server_and_the_right_one_waits_for_none(monkeypatch):
+    """check_key: three wrong guesses from three threads (three browser sessions) take three delays, not one;
+    the right key, alone, is answered at once."""
+    monkeypatch.setenv("FEWSHOT_INSTRUCTOR_KEY", "owl-42")
+    monkeypatch.setattr(access, "WRONG_KEY_DELAY", 0.2)
+    answers = []
+    guesses = [threading.Thread(target=lambda: answers.append(access.check_key("owl-41"))) for _ in range(3)]
+    start = time.perf_counter()
+    for guess in guesses:
+        guess.start()
+    for guess in guesses:
+        guess.join()
+    assert answers == [False] * 3 and time.perf_counter() - start >= 3 * 0.2
+    start = time.perf_counter()
+    assert access.check_key("owl-42") and time.perf_counter() - start < 0.2

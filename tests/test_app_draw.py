@@ -4,7 +4,6 @@ cannot draw; tests/test_browser_draw.py draws with the mouse)."""
 import base64
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +29,8 @@ NAMES = list(SHAPES)
 
 
 @pytest.fixture(autouse=True)
-def folders(tmp_path, monkeypatch):
-    """Kept checkpoints and runs in temporary folders; the one checkpoint is the shipped default (MAML 5-way)."""
-    monkeypatch.setenv("FEWSHOT_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("FEWSHOT_CHECKPOINTS", str(tmp_path / "checkpoints"))
-    (tmp_path / "checkpoints").mkdir()
-    shutil.copyfile(REPO / "checkpoints" / DEFAULT_CHECKPOINT, tmp_path / "checkpoints" / DEFAULT_CHECKPOINT)
-    return tmp_path
+def folders(shipped_default_only):
+    return shipped_default_only
 
 
 def open_draw_page() -> AppTest:

@@ -3,30 +3,20 @@ line, or ignores or clamps them, and keeps its cost bounded. (Streamlit's server
 cuts a text input to its max_chars and resets a radio or selectbox to an option; a value of another type than the
 widget's fails in Streamlit itself, before any page runs, with its generic message.)"""
 
-import shutil
-from pathlib import Path
-
 import pytest
 
 import app_ui as ui
 from apptests import open_page
 from canvas_drawings import QUERY, QUERY_NAME, SHAPES, canvas_image, data_url
 from fewshot import desks
-from fewshot.adaptation import DEFAULT_CHECKPOINT
 
-REPO = Path(__file__).resolve().parents[1]
 URL = data_url(canvas_image(SHAPES["X"]))  # a drawing, as the canvas sends it
 STROKES = {"objects": []}
 
 
 @pytest.fixture(autouse=True)
-def folders(tmp_path, monkeypatch):
-    """The shipped default checkpoint alone, runs and desks in temporary folders."""
-    monkeypatch.setenv("FEWSHOT_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("FEWSHOT_CHECKPOINTS", str(tmp_path / "checkpoints"))
-    (tmp_path / "checkpoints").mkdir()
-    shutil.copyfile(REPO / "checkpoints" / DEFAULT_CHECKPOINT, tmp_path / "checkpoints" / DEFAULT_CHECKPOINT)
-    return tmp_path
+def folders(shipped_default_only):
+    return shipped_default_only
 
 
 def send(app, slot: str, value: dict) -> None:
