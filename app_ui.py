@@ -115,7 +115,7 @@ def instructor_sidebar() -> None:
             st.caption(":material/lock_open: Instructor: you may start, stop, resume and delete runs.")
             return
         with st.form("instructor_form", border=False):
-            st.text_input("Instructor key", type="password", key="instructor_entered",
+            st.text_input("Instructor key", type="password", key="instructor_entered", max_chars=access.MAX_KEY_CHARS,
                           help="Starting, resuming and deleting runs and keeping checkpoints need it. Everyone "
                                "may watch runs, draw and play.")
             st.form_submit_button("Unlock", on_click=_check_key)

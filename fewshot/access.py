@@ -13,19 +13,23 @@ import os
 import threading
 import time
 
+MAX_KEY_CHARS = 256  # the longest key: the key's field takes no more (a tampered browser's would be kept whole)
 WRONG_KEY_DELAY = 1.0  # seconds a wrong instructor key waits: guessing it costs time
 _key_checks = threading.Lock()  # one check of an entered key at a time, for the whole server
 
 
 def instructor_key() -> str | None:
     """FEWSHOT_INSTRUCTOR_KEY without its surrounding spaces, or None where it is unset and the app open to
-    everyone; ValueError where it is set but blank."""
+    everyone; ValueError where it is set but blank, or longer than MAX_KEY_CHARS."""
     key = os.environ.get("FEWSHOT_INSTRUCTOR_KEY")
     if key is None:
         return None
     if not key.strip():
         raise ValueError("FEWSHOT_INSTRUCTOR_KEY is set but blank: set it to a key, or unset it to open the app "
                          "to everyone")
+    if len(key.strip()) > MAX_KEY_CHARS:
+        raise ValueError(f"FEWSHOT_INSTRUCTOR_KEY has {len(key.strip())} characters: the key's field takes "
+                         f"{MAX_KEY_CHARS} at most")
     return key.strip()
 
 

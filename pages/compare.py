@@ -7,7 +7,8 @@ import streamlit as st
 from fewshot import plots, runs
 import app_ui as ui
 
-MENU = "compare_runs_menu"  # the run menu's key: the runs shown
+MENU = "compare_runs_menu"  # the run menu's key: the runs to show, or any texts a tampered browser sends
+SHOWN = "compare_runs_shown"  # the runs this session's page showed last: the only ones it may say were deleted
 MAX_OVERLAID = 6  # runs shown at once: each adds its curves to every chart, and a row and a bar, at every redraw
 MISSING = "—"
 
@@ -77,14 +78,16 @@ def chosen_runs(all_runs: list) -> list:
     ui.run_names_kept(MENU)
     if MENU not in st.session_state:
         st.session_state[MENU] = [run.name for run in runs.fair_pair(all_runs)]
-    # the runs chosen, as the menu allows them (the browser may send any list): each once, MAX_OVERLAID at most
-    names = list(dict.fromkeys(st.session_state[MENU]))[:MAX_OVERLAID]
-    for name in names:
+    for name in st.session_state.get(SHOWN, []):
         if name not in by_name:  # shown before, listed no more: its folder was deleted
             st.warning(f"Run {ui.literal(name)} was deleted.", icon=":material/delete:")
-    kept = [name for name in names if name in by_name]
+    # the runs chosen, as the menu allows them (the browser may send any list): listed ones, each once,
+    # MAX_OVERLAID at most
+    listed = [name for name in st.session_state[MENU] if name in by_name]
+    kept = list(dict.fromkeys(listed))[:MAX_OVERLAID]
     if kept != st.session_state[MENU]:
         st.session_state[MENU] = kept
+    st.session_state[SHOWN] = kept
     if not all_runs:
         return []
     chosen = st.multiselect("Runs to overlay", list(by_name), format_func=lambda name: by_name[name].label(),

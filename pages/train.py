@@ -7,7 +7,9 @@ import streamlit as st
 from fewshot import runs
 import app_ui as ui
 
-MENU = "train_run_menu"  # the run menu's key: the run shown
+MENU = "train_run_menu"  # the run menu's key: the run to show, or any text a tampered browser sends
+SHOWN = "train_run_shown"  # the run this session's page showed last: the only one it may say was deleted
+KEPT_NAME_CHARS = 100  # a usable name has at most 64 (runs.CHECKPOINT_NAME), and ".safetensors" may follow
 
 
 def start_run(config) -> str:
@@ -35,6 +37,7 @@ def run_view(all_runs: list) -> None:
         name = st.selectbox("Run", names, format_func=labels.get, key=MENU, persist_state="session",
                             help="Every run under the runs folder, newest first; ● running ones go on in the "
                                  "background.")
+    st.session_state[SHOWN] = name
     with axis:
         x = ui.x_axis_choice("train_x")
     run = all_runs[names.index(name)]
@@ -103,7 +106,7 @@ def ended_run(run: runs.Run, status: str) -> None:
     keep, download = st.columns([3, 1], vertical_alignment="bottom")
     with keep:
         with st.form(f"keep_{run.name}", border=False):  # a click meant for a run deleted since is dropped
-            checkpoint_name = st.text_input("Name for the Draw page", value=run.name)
+            checkpoint_name = st.text_input("Name for the Draw page", value=run.name, max_chars=KEPT_NAME_CHARS)
             if st.form_submit_button("Keep checkpoint for the Draw page", disabled=not ui.may_manage(),
                                      help=None if ui.may_manage() else ui.NEEDS_KEY):
                 try:
@@ -125,7 +128,7 @@ ui.start_message("train")
 has_data = ui.dataset_warning()
 all_runs = runs.list_runs()  # after Start's callback: with the run it started
 ui.run_names_kept(MENU)
-shown = st.session_state.get(MENU)
+shown = st.session_state.get(SHOWN)
 if shown and shown not in [run.name for run in all_runs]:  # shown before, listed no more: its folder was deleted
     st.warning(f"Run {ui.literal(shown)} was deleted.", icon=":material/delete:")
 if all_runs:

@@ -27,6 +27,14 @@ def test_a_key_set_but_blank_is_an_error_never_an_open_server(monkeypatch, blank
             asked()
 
 
+def test_a_key_longer_than_its_field_takes_is_an_error(monkeypatch):
+    monkeypatch.setenv("FEWSHOT_INSTRUCTOR_KEY", "k" * access.MAX_KEY_CHARS + "  ")
+    assert access.instructor_key() == "k" * access.MAX_KEY_CHARS
+    monkeypatch.setenv("FEWSHOT_INSTRUCTOR_KEY", "k" * (access.MAX_KEY_CHARS + 1))
+    with pytest.raises(ValueError, match=f"^FEWSHOT_INSTRUCTOR_KEY has {access.MAX_KEY_CHARS + 1} characters: "):
+        access.instructor_key()
+
+
 def test_with_a_key_only_its_holder_manages_runs_and_others_stop_only_their_own(monkeypatch):
     monkeypatch.setenv("FEWSHOT_INSTRUCTOR_KEY", "  owl-42 ")
     assert access.is_right_key("owl-42") and access.is_right_key(" owl-42\n")

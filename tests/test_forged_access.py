@@ -20,7 +20,7 @@ from streamlit.proto.WidgetStates_pb2 import WidgetState
 
 from browser import served_app
 from fake_runs import record, run_folder
-from fewshot import runs
+from fewshot import access, runs
 from fewshot.config import Config
 from forged import FINISHED, ForgedSession, text, texts, trigger
 
@@ -141,7 +141,10 @@ def test_widget_states_named_like_the_sessions_own_keys_unlock_nothing(server, s
 
 
 def test_a_key_of_megabytes_is_refused_in_a_line(student):
-    student.run(text(student.widget("Instructor key"), KEY + "x" * 5_000_000), trigger(student.widget("Unlock")))
+    """...and not kept whole in the session: the field takes access.MAX_KEY_CHARS (Streamlit cuts a longer value)."""
+    [(field, proto)] = student.widgets("Instructor key")
+    assert proto.max_chars == access.MAX_KEY_CHARS
+    student.run(text(field, KEY + "x" * 5_000_000), trigger(student.widget("Unlock")))
     assert NOT_THE_KEY in student.texts("alert")
     assert student.texts("exception") == [] and student.widgets("Start")[0][1].disabled
 
