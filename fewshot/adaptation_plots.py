@@ -1,5 +1,7 @@
 """Figures for the Draw page (plotly): the inner loop step by step, and a query's class probabilities."""
 
+import html
+
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -22,19 +24,31 @@ def adaptation_curves(support_loss: list, support_accuracy: list, height: int = 
     return figure
 
 
+def plotly_text(text: str) -> str:
+    """`text` for a Plotly label, hover or title, to show as it is: Plotly reads those as a little HTML (`<b>`,
+    `<br>`, `<a href>`) and decodes entities (`&lt;`, `&mu;`, `&#60;`), once; so & < > go in as entities it
+    decodes. (Quotes stay: `&quot;` is not among the entities Plotly decodes.)"""
+    return html.escape(text, quote=False)
+
+
 def probability_bars(names: list, before, after, steps: int) -> go.Figure:
     """Class probabilities of one query before and after adaptation, as horizontal bars beside the class names
-    (readable however long), the most probable class after adaptation highlighted."""
+    (readable however long), the most probable class after adaptation highlighted. The names are anyone's text:
+    each class has a bar at its own position, labelled with its name as typed (on Plotly's category axis, two
+    classes of one name would share a bar)."""
     before, after = [float(p) for p in before], [float(p) for p in after]
     winner = max(range(len(after)), key=after.__getitem__)
+    positions, labels = list(range(len(names))), [plotly_text(name) for name in names]
+    hover = dict(customdata=labels, hovertemplate="%{customdata}: %{x:.0%}")
     figure = go.Figure()
-    figure.add_bar(y=names, x=before, orientation="h", name="before adaptation (θ)", marker_color=BEFORE,
-                   text=[f"{p:.0%}" for p in before], textposition="outside")
-    figure.add_bar(y=names, x=after, orientation="h", name=f"after {steps} inner steps (θ')",
+    figure.add_bar(y=positions, x=before, orientation="h", name="before adaptation (θ)", marker_color=BEFORE,
+                   text=[f"{p:.0%}" for p in before], textposition="outside", **hover)
+    figure.add_bar(y=positions, x=after, orientation="h", name=f"after {steps} inner steps (θ')",
                    marker_color=[WINNER if i == winner else AFTER for i in range(len(after))],
-                   text=[f"{p:.0%}" for p in after], textposition="outside")
+                   text=[f"{p:.0%}" for p in after], textposition="outside", **hover)
     figure.update_xaxes(range=[0, 1.2], tickformat=".0%")
-    figure.update_yaxes(autorange="reversed", automargin=True)  # class 1 on top, as on the page
+    figure.update_yaxes(tickmode="array", tickvals=positions, ticktext=labels, autorange="reversed",
+                        automargin=True)  # class 1 on top, as on the page
     figure.update_layout(height=90 + 44 * len(names), margin=dict(l=10, r=10, t=40, b=10), barmode="group",
                          title=dict(text="the query's class probabilities", font=dict(size=14)),
                          legend=dict(orientation="h", y=-0.15 - 0.6 / len(names), x=0))

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import files
 from .checkpoints import CheckpointError, inner_lr_of, load_checkpoint, record_accuracy
 from .config import MAX_SEED, Config
 from .evaluation import TEST_SEED, evaluate
@@ -50,8 +51,8 @@ def train_command(args) -> None:
     try:
         train_run(args, run_dir)
     finally:  # an error, a stop, the end: the app tells these from a process that died without a word
-        with contextlib.suppress(OSError):  # a full disk: the run then reads as interrupted, and resumes
-            (run_dir / ENDED).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+        with contextlib.suppress(OSError):  # a read-only folder: the run then reads as interrupted, and resumes
+            files.mark(run_dir / ENDED)
 
 
 def train_run(args, run_dir: Path) -> None:

@@ -7,7 +7,8 @@ never a mixture; a failed write leaves the old file and removes its temporary fi
 the file meant, not the temporary one.
 
 Reading a file that a damaged or hand-edited folder may hold: only a regular file, opened without waiting (a FIFO
-would wait for ever for its other end), and a bounded number of its bytes (open_regular, read_file).
+would wait for ever for its other end), and a bounded number of its bytes (open_regular, read_file); a marker
+made without following a link or waiting on a FIFO in its place (mark).
 """
 
 import os
@@ -81,3 +82,12 @@ def open_regular(path: Path, mode: str = "rb"):
         f.close()
         raise ValueError(f"{Path(path).name} is not a regular file")
     return f
+
+
+def mark(path: Path) -> None:
+    """Creates the marker `path` (ENDED, runs.STOP_REQUESTED), whose being there is all it says: empty, so that a
+    full disk has room for it. What a hand put in its place in the run's folder is left as it is: a FIFO is not
+    waited on (the trainer would hang as it exits), nor the file that a link names overwritten, or created.
+    OSError where it cannot: something else is in its place (a link, a directory, a FIFO nobody reads), a
+    read-only or deleted folder."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666))

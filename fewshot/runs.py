@@ -589,9 +589,8 @@ def stop(run: Run) -> None:
         launch = run.launch()
         if not (run._running(launch) or run._queued(launch)):
             return
-        try:  # touched, empty: a full disk has room for it; a FIFO in its place is not waited on (under the queue
-            # lock), nor the file that a link in its place names overwritten
-            (run.path / STOP_REQUESTED).touch()
+        try:  # not waited on under the queue lock, whatever is in its place (files.mark)
+            files.mark(run.path / STOP_REQUESTED)
         except FileNotFoundError:  # its folder was deleted since the page showed it
             return
         except OSError:  # not even that (a read-only folder): the run is stopped all the same, and then reads as

@@ -1,8 +1,10 @@
 """Run folders damaged by a crash, a disk error or a hand edit (fewshot/runs.py): what cannot be read counts as
 missing, and the Train and Compare pages go on showing every other run, without a traceback."""
 
+import contextlib
 import json
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -12,8 +14,9 @@ from streamlit.testing.v1 import AppTest
 
 from fake_runs import record, run_folder
 from waiting import outcome_within
-from fewshot import runs
+from fewshot import cli, runs
 from fewshot.config import MAX_JSON_BYTES, Config
+from fewshot.training import ENDED
 
 REPO = Path(__file__).resolve().parents[1]
 TOO_DEEP = "[" * 100_000  # json's parser raises RecursionError, not a ValueError
@@ -90,6 +93,57 @@ def test_a_queue_lock_that_is_a_fifo_holds_nothing_for_good(run_folders):
     os.mkfifo(run_folders / runs.START_LOCK)
     for action in (lambda: runs.dispatch(run_folders), lambda: runs.start(Config(iterations=6), run_folders)):
         assert isinstance(outcome_within(action), OSError)  # no reader: ENXIO
+
+
+# What a hand may put in place of a marker file (`ended`, `stop_requested`), given its path and a file elsewhere
+MARKER_DAMAGES = {"FIFO": lambda marker, elsewhere: os.mkfifo(marker),
+                  "link to a file": lambda marker, elsewhere: (elsewhere.write_text("kept"),
+                                                               marker.symlink_to(elsewhere)),
+                  "link to no file": lambda marker, elsewhere: marker.symlink_to(elsewhere),
+                  "directory": lambda marker, elsewhere: marker.mkdir()}
+
+
+def lying_at(path: Path) -> tuple:
+    """What lies at `path`, a link not followed: its kind, and a link's target."""
+    mode = os.lstat(path).st_mode
+    return stat.S_IFMT(mode), os.readlink(path) if stat.S_ISLNK(mode) else None
+
+
+@contextlib.contextmanager
+def damaged_marker(run: runs.Run, marker: str, damage: str, elsewhere: Path):
+    """Puts `damage` in place of `marker` in the run's folder; checks after that it and the file elsewhere are as
+    they were."""
+    MARKER_DAMAGES[damage](run.path / marker, elsewhere)
+    before = lying_at(run.path / marker), elsewhere.exists() and elsewhere.read_text()
+    yield
+    assert (lying_at(run.path / marker), elsewhere.exists() and elsewhere.read_text()) == before
+
+
+def train_and_exit(run: runs.Run) -> None:
+    """`python -m fewshot train` on the run, in this process: it exits at once (the run has no config.json to
+    resume) and, as it exits, marks the run ended."""
+    with contextlib.suppress(SystemExit):
+        cli.main(["train", "--run-dir", str(run.path), "--resume"])
+
+
+@pytest.mark.parametrize("damage", MARKER_DAMAGES)
+def test_the_trainer_exits_and_leaves_as_it_is_what_lies_in_place_of_its_ended_marker(run_folders, tmp_path, damage):
+    """Opening a FIFO to write waits for a reader: the trainer waited so for ever as it exited, its run reading as
+    running and holding a place to train. The file that a link named was overwritten with the time, or created."""
+    run = run_folder(run_folders, "run")
+    assert outcome_within(lambda: train_and_exit(run)) is None  # (no traceback)
+    os.remove(run.path / ENDED)  # a plain marker, where nothing lay
+    with damaged_marker(run, ENDED, damage, tmp_path / "elsewhere.txt"):
+        assert outcome_within(lambda: train_and_exit(run)) is None
+
+
+def test_stop_leaves_as_it_is_a_link_to_no_file_in_place_of_its_marker(run_folders, tmp_path):
+    """Touching it created the file it named. (Anything else in its place is the marker already: Stop has
+    nothing to do.)"""
+    launch = {"pid": None, "queued": 1.0, "arguments": [], "config": Config(iterations=6).to_dict()}
+    run = run_folder(run_folders, "queued", launch=json.dumps(launch))
+    with damaged_marker(run, runs.STOP_REQUESTED, "link to no file", tmp_path / "elsewhere.txt"):
+        assert outcome_within(lambda: runs.stop(run)) is None
 
 
 @pytest.mark.parametrize("damage", BAD_EVALUATIONS)
