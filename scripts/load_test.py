@@ -28,6 +28,8 @@ the students' machines, not on the server's cores. The CPU seconds printed say h
 session costs the browser and the server. On a machine with more cores, --server-cpus 0,1 --browser-cpus 2-15 runs
 the server (and the trainers it starts) on the cores a class's server has, and the browser on others, as on the
 students' machines: the fair measurement of the adapt time, which 2 cores shared with 30 browsers cannot give.
+--without-browser plays the same class with sessions that send the page's messages themselves, on the websocket
+(scripts/class_without_browser.py): the server's side of that measurement, on any machine.
 """
 
 import argparse
@@ -136,7 +138,7 @@ window.WebSocket = class extends window.WebSocket {
 @dataclass
 class Action:
     session: int
-    kind: str  # open, draw, adapt, clear, classify, start
+    kind: str  # open, draw, adapt, clear, classify, start; redraw (a live chart's, --without-browser)
     at: float  # seconds since the sessions began
     seconds: float | None = None  # until answered; None: not answered within the action timeout
     outcome: str = ""  # adapt, classify: the class predicted; start: started, queued, refused or error
@@ -606,7 +608,8 @@ def summary(sessions: list, sampler: Sampler, limit: int, left: int, args, wall:
     actions = [action for session in sessions for action in session.actions]
     samples = sampler.samples
     by_kind = {}
-    for kind in ("open", "draw", "adapt", "clear", "classify", "start"):
+    watched = ("redraw",) if any(a.kind == "redraw" for a in actions) else ()  # the live charts' (--without-browser)
+    for kind in ("open", "draw", "adapt", "clear", "classify", "start") + watched:
         done = [a for a in actions if a.kind == kind]
         answered = [a.seconds for a in done if a.seconds is not None]
         by_kind[kind] = {"started": len(done), "answered": len(answered), **figures(answered)}
@@ -794,6 +797,10 @@ def parse(argv) -> argparse.Namespace:
                                                                          "(0,1 or 0-1; default: all)")
     parser.add_argument("--browser-cpus", type=cpu_list, default=[], help="CPUs of the browser and of this script's "
                                                                           "sessions (default: all)")
+    parser.add_argument("--without-browser", action="store_true", help="sessions that send the page's messages "
+                        "themselves, on the websocket: the server's side alone (scripts/class_without_browser.py)")
+    parser.add_argument("--pause", type=float, default=2.0, help="--without-browser: seconds a drawer waits before "
+                                                                 "each action (a student drawing)")
     args = parser.parse_args(argv)
     if not 0 <= args.drawers <= args.sessions:
         parser.error("--drawers must be between 0 and --sessions")
@@ -802,7 +809,7 @@ def parse(argv) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse(argv)
-    if not CHROMIUM:
+    if not CHROMIUM and not args.without_browser:
         raise SystemExit("Debian's chromium is not installed (apt-get install chromium)")
     args.folder = str(Path(args.folder or tempfile.mkdtemp(prefix="fewshot-load-")).resolve())
     folder = Path(args.folder)
@@ -832,7 +839,11 @@ def main(argv=None) -> dict:
             try:
                 if args.nice:  # inherited by Playwright's driver and the browser it starts; the server runs already
                     os.setpriority(os.PRIO_PROCESS, 0, args.nice)
-                sessions = asyncio.run(class_at_work(url, args, clock))
+                if args.without_browser:
+                    import class_without_browser  # it imports this module's figures and roles
+                    sessions = class_without_browser.class_at_work(url, args, clock)
+                else:
+                    sessions = asyncio.run(class_at_work(url, args, clock))
             finally:
                 sampler.stop()
     finally:  # the server has stopped: no Start can come in any more

@@ -44,6 +44,9 @@ class ForgedSession:
         self.pages = {}  # a page's URL path name -> its script hash, from the navigation the server sends
         self.page = ""  # the script hash of the page shown: "" for app.py's default page
         self.elements = []  # what the last run drew
+        self.fragment_of = {}  # a widget's id -> the id of the fragment that drew it ("" outside any)
+        self.auto_reruns = {}  # a fragment's id -> the seconds between the reruns the page asks of the browser (the
+        # server drops a rerun of a fragment that the page no longer draws, without a word)
         self.finished = None  # how the last run ended (ForwardMsg.ScriptFinishedStatus)
 
     def __enter__(self):
@@ -61,9 +64,12 @@ class ForgedSession:
         self.page = self.pages[page]
         return self.run()
 
-    def run(self, *widgets: WidgetState) -> list:
-        """A rerun of the page shown with `widgets`; returns the elements it drew, once it has finished."""
-        state = ClientState(page_script_hash=self.page, widget_states=WidgetStates(widgets=widgets))
+    def run(self, *widgets: WidgetState, fragment: str = "", auto: bool = False) -> list:
+        """A rerun of the page shown with `widgets`, or of its fragment `fragment` alone, as the browser sends for
+        a widget drawn in it (or, `auto`, every auto_reruns[fragment] seconds); returns the elements it drew, once
+        it has finished."""
+        state = ClientState(page_script_hash=self.page, widget_states=WidgetStates(widgets=widgets),
+                            fragment_id=fragment, is_auto_rerun=auto)
         self.websocket.send(BackMsg(rerun_script=state).SerializeToString())
         self.elements = []
         while True:
@@ -73,6 +79,16 @@ class ForgedSession:
                 self.pages.update({page.url_pathname: page.page_script_hash for page in message.navigation.app_pages})
             elif kind == "delta" and message.delta.WhichOneof("type") == "new_element":
                 self.elements.append(message.delta.new_element)
+                widget = _widget(message.delta.new_element)
+                if widget is not None:
+                    self.fragment_of[widget.id] = message.delta.fragment_id
+            elif kind == "new_session" and not message.metadata.run.fragment_ids:  # a run of the whole page: it
+                self.auto_reruns = {}  # asks again for the reruns of the fragments it draws
+            elif kind == "auto_rerun":
+                self.auto_reruns[message.auto_rerun.fragment_id] = message.auto_rerun.interval
+            elif kind == "stop_auto_rerun":
+                for fragment_id in message.stop_auto_rerun.fragment_ids:
+                    self.auto_reruns.pop(fragment_id, None)
             elif kind == "script_finished" and message.script_finished != ForwardMsg.FINISHED_EARLY_FOR_RERUN:
                 self.finished = message.script_finished
                 return self.elements
