@@ -41,7 +41,7 @@ def test_the_bench_runs_a_preset_with_changes_prints_each_validation_and_stops_t
     run stopped (SIGTERM) after --max-seconds, its files whole."""
     run_dir = tmp_path / "run"
     bench = subprocess.run(
-        [sys.executable, "scripts/time_to_accuracy.py", "90-second class demo", "--max-seconds", "12",
+        [sys.executable, "scripts/time_to_accuracy.py", "90-second class demo", "--max-seconds", "8",
          "--thresholds", "0", "1.1", "--run-dir", str(run_dir), "--data-root", data_root, "--channels", "8",
          "--blocks", "2", "--meta-batch", "2", "--val-every", "3", "--val-tasks", "4", "--iterations", "100000"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
@@ -50,7 +50,7 @@ def test_the_bench_runs_a_preset_with_changes_prints_each_validation_and_stops_t
     rows = [line.split() for line in lines if line.split() and line.split()[0].isdigit()]
     assert len(rows) >= 2 and [int(row[0]) for row in rows[:2]] == [3, 6], bench.stdout
     assert float(rows[1][2]) > float(rows[1][1])  # wall time from Start includes loading, unlike training seconds
-    assert "--max-seconds 12 passed: stopping the run" in bench.stdout
+    assert "--max-seconds 8 passed: stopping the run" in bench.stdout
     assert "val accuracy 0.00: first at" in bench.stdout and "val accuracy 1.10: not reached" in bench.stdout
     assert "load average at start" in lines[1] and lines[-1].startswith("load average at end")
     assert lines[-1].endswith("exit status 0")  # stopped: saved and exited, as on a Stop in the app
