@@ -23,13 +23,13 @@ import time
 
 from canvas_drawings import QUERY, QUERY_NAME, SECOND_QUERY, SECOND_QUERY_NAME, SHAPES, canvas_image, data_url
 from forged import ForgedSession, trigger
-from load_test import ADAPTED_IN, PREDICTION, RUN_SIZES, TINY_FORM, Action, first_line, roles, start_outcome
+from load_test import (ADAPTED_IN, PREDICTION, RUN_SIZES, STARTED, TINY_FORM, Action, first_line, normal_answer,
+                       roles, start_outcome)
 from streamlit.proto.Alert_pb2 import Alert
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 
 ALERT_KINDS = {Alert.ERROR: "error", Alert.WARNING: "warning", Alert.INFO: "info", Alert.SUCCESS: "success"}
 JITTER = 2.0  # pixels, of the 150 of a canvas
-START_ANSWER = re.compile(r"Started run|waiting to train already|\bqueued\b", re.IGNORECASE)
 
 
 class Session:
@@ -41,27 +41,29 @@ class Session:
         self.actions, self.shown, self.lost, self.lost_details = [], [], None, ""
         self.form_troubles, self.cut_short = [], 0
 
+    def timed(self, kind: str, act) -> Action:
+        """Does `act()` and records the seconds it took as an Action of `kind`; keeps what the run showed."""
+        action = Action(self.number, kind, round(time.monotonic() - self.clock, 3))
+        self.actions.append(action)
+        tick = time.monotonic()
+        act()
+        action.seconds = round(time.monotonic() - tick, 3)
+        self.note_shown()
+        return action
+
     def rerun(self, kind: str, *widgets: WidgetState, auto_fragment: str = "") -> Action:
         """Sends `widgets` (the rerun of the fragment that drew the first, if any; or the auto-rerun of
         `auto_fragment`) and records the seconds until the script run has finished, as an Action of `kind`."""
         fragment = auto_fragment or (self.forged.fragment_of.get(widgets[0].id, "") if widgets else "")
-        action = Action(self.number, kind, round(time.monotonic() - self.clock, 3))
-        self.actions.append(action)
-        tick = time.monotonic()
-        self.forged.run(*widgets, fragment=fragment, auto=bool(auto_fragment))
-        action.seconds = action.run_seconds = round(time.monotonic() - tick, 3)
-        action.sent_seconds = 0.0
-        self.note_shown()
+        action = self.timed(kind, lambda: self.forged.run(*widgets, fragment=fragment, auto=bool(auto_fragment)))
+        action.sent_seconds, action.run_seconds = 0.0, action.seconds  # no browser before or after the run
         return action
 
     def open(self, url: str, page: str) -> None:
-        action = Action(self.number, "open", round(time.monotonic() - self.clock, 3))
-        self.actions.append(action)
-        tick = time.monotonic()
-        self.forged = ForgedSession(url)
-        self.forged.open(page)
-        action.seconds = round(time.monotonic() - tick, 3)
-        self.note_shown()
+        def connect_and_open() -> None:
+            self.forged = ForgedSession(url, timeout=self.timeout_s)
+            self.forged.open(page)
+        self.timed("open", connect_and_open)
 
     def note_shown(self) -> None:
         """Keeps the alerts, exceptions and toasts the last run drew (load_test.py's window.shown)."""
@@ -139,7 +141,8 @@ def starter(session: Session, url: str, first_press: float, every: float, deadli
         watch_until(session, moment)
         action = session.rerun("start", *[WidgetState(id=field, int_value=value) for field, value in fields.items()],
                                trigger(start))
-        answers = [alert.body for alert in session.forged.elements_of("alert") if START_ANSWER.search(alert.body)]
+        answers = [alert.body for alert in session.forged.elements_of("alert")
+                   if STARTED in alert.body or normal_answer(alert.body)]
         action.outcome = start_outcome(answers[0]) if answers else "error: no answer shown"
     watch_until(session, deadline)
 

@@ -38,9 +38,10 @@ class ForgedSession:
     """One browser session on the app's websocket. run() sends a rerun with the widget states given (only those:
     the server keeps the others as they were), and keeps the elements that the run drew."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, timeout: float = RUN_TIMEOUT):
+        self.timeout = timeout  # seconds the connection, and then each script run, may take
         self.websocket = connect(url.replace("http://", "ws://") + "_stcore/stream", subprotocols=["streamlit"],
-                                 max_size=None, open_timeout=RUN_TIMEOUT)
+                                 max_size=None, open_timeout=timeout)
         self.pages = {}  # a page's URL path name -> its script hash, from the navigation the server sends
         self.page = ""  # the script hash of the page shown: "" for app.py's default page
         self.elements = []  # what the last run drew
@@ -73,7 +74,7 @@ class ForgedSession:
         self.websocket.send(BackMsg(rerun_script=state).SerializeToString())
         self.elements = []
         while True:
-            message = ForwardMsg.FromString(self.websocket.recv(timeout=RUN_TIMEOUT))
+            message = ForwardMsg.FromString(self.websocket.recv(timeout=self.timeout))
             kind = message.WhichOneof("type")
             if kind == "navigation":
                 self.pages.update({page.url_pathname: page.page_script_hash for page in message.navigation.app_pages})
